@@ -1,0 +1,88 @@
+"""Engines and the few places where PostgreSQL and SQLite differ.
+
+PostgreSQL runs at READ COMMITTED: a decision serializes on its line with ``SELECT … FOR UPDATE``
+and on its order with a transaction-scoped advisory lock. SQLite (the embedded default) takes the
+write lock at ``BEGIN IMMEDIATE``, so its transactions are serial and the locks are no-ops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from matomete_core.adapters.tables import lines
+
+__all__ = ["make_engine", "insert_ignore", "upsert", "lock_line", "lock_order", "is_transient"]
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+            dbapi_conn.isolation_level = None  # let SQLAlchemy's begin event issue BEGIN
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            if ":memory:" not in url:
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn):  # noqa: ANN001
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
+
+
+def insert_ignore(conn: Connection, table, **values: Any):  # noqa: ANN001
+    """INSERT … ON CONFLICT DO NOTHING; returns the inserted primary key, or None on conflict."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing()
+    pk = list(table.primary_key.columns)
+    row = conn.execute(stmt.returning(*pk)).first()
+    return None if row is None else row[0]
+
+
+def lock_line(conn: Connection, customer_id: str):  # noqa: ANN201
+    """Lock the line row for this transaction and return it (None if unknown)."""
+    stmt = select(lines).where(lines.c.customer_id == customer_id)
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return conn.execute(stmt).mappings().first()
+
+
+def lock_order(conn: Connection, provider_id: str, order_id: str) -> None:
+    """Serialize the purchase and the cancels of one provider order, known yet or not."""
+    if conn.dialect.name != "postgresql":
+        return
+    digest = hashlib.blake2b(f"{provider_id}\x00{order_id}".encode(), digest_size=8).digest()
+    key = int.from_bytes(digest, "big", signed=True)
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database error worth retrying: connection lost, server restarting, serialization."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return False
+
+
+def upsert(conn: Connection, table, rows: list[dict[str, Any]], keys: list[str]) -> None:  # noqa: ANN001
+    """INSERT … ON CONFLICT (keys) DO UPDATE every other given column."""
+    if not rows:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(table)
+    update_cols = {c: getattr(stmt.excluded, c) for c in rows[0] if c not in keys}
+    stmt = stmt.on_conflict_do_update(index_elements=keys, set_=update_cols) if update_cols \
+        else stmt.on_conflict_do_nothing(index_elements=keys)
+    conn.execute(stmt, rows)

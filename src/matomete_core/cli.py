@@ -1,0 +1,225 @@
+"""The ``matomete`` command line (CONTRACT.md). Bad input: a one-line message and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from datetime import datetime, timezone
+from functools import wraps
+from typing import Any, Callable
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from matomete_core.config import Settings
+from matomete_core.errors import MatometeError
+
+MONTH_ARG = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+console = Console()
+
+
+def _deps():  # noqa: ANN202
+    from matomete_core.service.deps import bootstrap
+
+    return bootstrap(Settings.from_env())
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _print_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, ensure_ascii=False, indent=2))
+
+
+def _month(value: str) -> str:
+    if not MONTH_ARG.match(value):
+        raise click.BadParameter(f"{value!r} is not a month YYYY-MM")
+    return value
+
+
+def one_line_errors(fn: Callable) -> Callable:
+    """Domain and database errors end the command with one line on stderr, exit 1."""
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return fn(*args, **kwargs)
+        except MatometeError as exc:
+            click.echo(f"matomete: {exc}", err=True)
+            sys.exit(1)
+        except SQLAlchemyError as exc:
+            click.echo(f"matomete: database error: {type(exc).__name__}: {str(exc).splitlines()[0]}", err=True)
+            sys.exit(1)
+    return wrapper
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*["" if v is None else str(v) for v in r])
+    console.print(table)
+
+
+@click.group()
+def main() -> None:
+    """matomete — the back office of フレッツ・まとめて支払い."""
+
+
+@main.group()
+def db() -> None:
+    """The database schema."""
+
+
+@db.command("upgrade")
+@one_line_errors
+def db_upgrade() -> None:
+    """Create or migrate the database schema."""
+    from matomete_core.adapters.migrate import upgrade
+
+    upgrade(Settings.from_env().database_url)
+    click.echo("database is at the latest schema")
+
+
+@main.group()
+def catalog() -> None:
+    """Providers and their contents."""
+
+
+@catalog.command("load")
+@click.argument("file", type=click.Path(dir_okay=False))
+@one_line_errors
+def catalog_load(file: str) -> None:
+    """Upsert providers and their contents from FILE."""
+    from matomete_core.service.loading import load_catalog
+
+    d = _deps()
+    counts = load_catalog(d.engine, d.secrets, file)
+    click.echo(f"loaded {counts['providers']} providers, {counts['contents']} contents")
+
+
+@main.group("lines")
+def lines_group() -> None:
+    """Lines, billing accounts and existing Passport IDs."""
+
+
+@lines_group.command("load")
+@click.argument("file", type=click.Path(dir_okay=False))
+@one_line_errors
+def lines_load(file: str) -> None:
+    """Upsert lines, billing accounts, おまとめ groups and Passport IDs from FILE."""
+    from matomete_core.service.loading import load_lines
+
+    d = _deps()
+    counts = load_lines(d.engine, d.settings, file)
+    click.echo(f"loaded {counts['lines']} lines, {counts['passport_ids']} Passport IDs")
+
+
+CELERY_PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+
+
+@main.command(context_settings=CELERY_PASSTHROUGH)
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run a worker on all inbound queues (extra options go to celery worker)."""
+    from workers.app import HOUSEKEEPING_QUEUE, INBOUND_QUEUES, app
+
+    queues = ",".join((*INBOUND_QUEUES, HOUSEKEEPING_QUEUE))
+    app.worker_main(["worker", "-Q", queues, *ctx.args])
+
+
+@main.command(context_settings=CELERY_PASSTHROUGH)
+@click.pass_context
+def beat(ctx: click.Context) -> None:
+    """Run the schedule: outbox relay, held-cancel expiry (extra options go to celery beat)."""
+    from workers.app import app
+
+    app.start(["beat", *ctx.args])
+
+
+@main.command()
+@click.argument("customer_id")
+@click.argument("month", callback=lambda _c, _p, v: _month(v))
+@click.option("--passport-id", default=None)
+@click.option("--page", default=1, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True)
+@one_line_errors
+def statement(customer_id: str, month: str, passport_id: str | None, page: int, as_json: bool) -> None:
+    """ご利用明細: a line's charges for a billing month."""
+    from matomete_core.service.views import statement as view
+
+    doc = view(_deps().engine, customer_id, month, passport_id=passport_id, page=page)
+    if as_json:
+        return _print_json(doc)
+    _table(f"ご利用明細 {customer_id} {month} (page {doc['page']}/{doc['pages']}, total {doc['total_amount']:,} yen)",
+           ["申込受付番号", "Passport ID", "provider", "content", "unit", "qty", "amount", "type", "start", "end"],
+           [[r["application_number"], r["passport_id"], r["provider_name"], r["content_name"], r["unit_price"],
+             r["quantity"], r["amount"], r["price_type"], r["start_date"], r["end_date"]] for r in doc["rows"]])
+
+
+@main.group()
+def passport() -> None:
+    """Passport IDs."""
+
+
+@passport.command("show")
+@click.argument("passport_id")
+@click.option("--json", "as_json", is_flag=True)
+@one_line_errors
+def passport_show(passport_id: str, as_json: bool) -> None:
+    """Details of a Passport ID, with this month's usage."""
+    from matomete_core.service.views import passport_details
+
+    doc = passport_details(_deps().engine, passport_id, now=_now())
+    if as_json:
+        return _print_json(doc)
+    _table(f"Passport ID {passport_id}", ["field", "value"], [[k, v] for k, v in doc.items()])
+
+
+@main.command()
+@click.argument("customer_id")
+@click.option("--json", "as_json", is_flag=True)
+@one_line_errors
+def inquiries(customer_id: str, as_json: bool) -> None:
+    """お問合せ先一覧: the providers a line has bought from."""
+    from matomete_core.service.views import inquiries as view
+
+    doc = view(_deps().engine, customer_id)
+    if as_json:
+        return _print_json(doc)
+    _table(f"お問合せ先一覧 {customer_id}", ["provider", "name", "url", "phone", "hours"],
+           [[p["provider_id"], p["name"], p["url"], p["phone"], p["hours"]] for p in doc["providers"]])
+
+
+@main.group("quarantine")
+def quarantine_group() -> None:
+    """Messages that could not be decided."""
+
+
+@quarantine_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@one_line_errors
+def quarantine_list(as_json: bool) -> None:
+    """The quarantined messages, redacted of secrets."""
+    from matomete_core.service.quarantine import list_quarantined
+
+    messages = list_quarantined(_deps().engine)
+    if as_json:
+        return _print_json({"messages": messages})
+    _table("quarantine", ["id", "task", "reason", "detail", "received_at"],
+           [[m["id"], m["task"], m["reason"], m["detail"], m["received_at"]] for m in messages])
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@one_line_errors
+def demo(as_json: bool) -> None:
+    """An end-to-end run on the embedded default: SQLite and an in-process broker, no servers."""
+    from workers.demo import run
+
+    run(as_json=as_json, console=console)

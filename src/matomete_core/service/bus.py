@@ -1,0 +1,96 @@
+"""The message bus: one entry point for every inbound message, whatever carried it.
+
+    handle(deps, task, args, kwargs, now) -> the decision, as a JSON-ready dict
+
+It checks the envelope (exactly one positional argument, a JSON object), validates the message
+against its model, authenticates provider messages, and hands the message to its handler inside
+one transaction. What cannot be decided is quarantined; transient database errors propagate so
+the caller can retry them — they are never turned into a decision.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any, Callable
+
+from pydantic import ValidationError
+from sqlalchemy import Connection, select
+
+from matomete_core.adapters.tables import providers
+from matomete_core.messages import INBOUND, Cancel, Decision, Purchase, parse
+from matomete_core.reasons import Quarantine
+from matomete_core.security import signature_matches
+from matomete_core.service import provider
+from matomete_core.service.deps import Deps
+from matomete_core.service.quarantine import quarantine_message
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Connection, Any, dict, datetime], Decision]
+
+HANDLERS: dict[str, Handler] = {
+    Purchase.task: provider.handle_purchase,
+    Cancel.task: provider.handle_cancel,
+}
+
+
+def _validation_detail(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False)[:10]:
+        where = ".".join(str(p) for p in err["loc"]) or "message"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def handle(deps: Deps, task: str, args: tuple | list, kwargs: dict, *, now: datetime) -> dict:
+    decision = _decide(deps, task, args, kwargs, now)
+    log.info("decided", extra={"task": task, "message_id": decision.message_id, "status": decision.status,
+                               "reason": decision.reason, "application_number": decision.application_number})
+    return decision.model_dump(mode="json")
+
+
+def _decide(deps: Deps, task: str, args: tuple | list, kwargs: dict, now: datetime) -> Decision:
+    body = args[0] if len(args) == 1 else {"args": list(args)}
+
+    def quarantined(reason: Quarantine, detail: str, sender: str | None = None) -> Decision:
+        return quarantine_message(deps.engine, task=task, reason=reason, detail=detail, body=body,
+                                  now=now, sender=sender)
+
+    if len(args) != 1 or kwargs:
+        return quarantined(Quarantine.INVALID_MESSAGE,
+                           f"expected exactly one positional argument, got {len(args)} and {len(kwargs)} keyword")
+    if not isinstance(body, dict):
+        return quarantined(Quarantine.INVALID_MESSAGE, f"the message must be a JSON object, not {type(body).__name__}")
+    model, handler = INBOUND.get(task), HANDLERS.get(task)
+    if model is None or handler is None:
+        return quarantined(Quarantine.INVALID_MESSAGE, f"no handler for task {task}")
+    try:
+        msg = parse(model, body, now=now)
+    except ValidationError as exc:
+        return quarantined(Quarantine.INVALID_MESSAGE, _validation_detail(exc))
+    except (ValueError, TypeError, RecursionError) as exc:  # e.g. NaN, too deep to validate
+        return quarantined(Quarantine.INVALID_MESSAGE, type(exc).__name__)
+
+    sender = getattr(msg, "provider_id", None)
+    if sender is not None:
+        secrets = _provider_secrets(deps, sender)
+        if secrets is None:
+            return quarantined(Quarantine.UNKNOWN_PROVIDER, f"provider_id={sender}", sender)
+        if not signature_matches(body, secrets):
+            return quarantined(Quarantine.BAD_SIGNATURE, f"provider_id={sender}", sender)
+    try:
+        with deps.engine.begin() as conn:
+            return handler(conn, msg, body, now)
+    except provider.Conflict:
+        return quarantined(Quarantine.MESSAGE_ID_CONFLICT,
+                           f"message_id={msg.message_id} was decided before with other content", sender)
+
+
+def _provider_secrets(deps: Deps, provider_id: str) -> list[str] | None:
+    with deps.engine.connect() as conn:
+        row = conn.execute(select(providers.c.signing_secrets, providers.c.active).where(
+            providers.c.provider_id == provider_id)).first()
+    if row is None or not row.active:
+        return None
+    return deps.secrets.open(row.signing_secrets)

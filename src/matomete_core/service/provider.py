@@ -1,0 +1,257 @@
+"""Handlers of the provider path: ``matomete.purchase`` and ``matomete.cancel``, and held cancels.
+
+Each handler claims the message in the inbox, serializes on the provider's order and on the line,
+asks the rule, records the outcome with its outbound events, and commits — one transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from matomete_core.adapters.database import insert_ignore, lock_line, lock_order
+from matomete_core.adapters.tables import (
+    charges, contents, held_cancels, inbox, lines, line_billing, passport_ids, purchases)
+from matomete_core.calendar import billing_month, last_billable_month
+from matomete_core.messages import Cancel, ChargeRecord, ChargeVoided, Decision, DecisionEvent, Purchase
+from matomete_core.reasons import Reason
+from matomete_core.rules.cancel import Order, decide_cancel
+from matomete_core.rules.purchase import (
+    MONTHLY_FLAT, Content, Holder, Usage, decide_purchase, months_billed_at_purchase, term_last_month)
+from matomete_core.service import billing, inbox as inbox_svc, outbox
+from matomete_core.service.months import first_open_month, is_open
+
+__all__ = ["handle_purchase", "handle_cancel", "expire_held_cancels", "billing_account_for"]
+
+
+class Conflict(Exception):
+    """The message id was seen before with other content."""
+
+
+def _event(decision: Decision) -> DecisionEvent:
+    return DecisionEvent(event_id=outbox.new_event_id(), **decision.model_dump())
+
+
+def _finish(conn: Connection, provider_id: str, inbox_id: int, decision: Decision, now: datetime) -> Decision:
+    inbox_svc.record(conn, inbox_id, decision)
+    outbox.emit(conn, outbox.provider_results(provider_id), _event(decision), now=now)
+    return decision
+
+
+def billing_account_for(conn: Connection, customer_id: str, month: str) -> str:
+    return conn.execute(select(line_billing.c.billing_account).where(
+        line_billing.c.customer_id == customer_id, line_billing.c.from_month <= month
+    ).order_by(line_billing.c.from_month.desc()).limit(1)).scalar_one()
+
+
+# ---- purchase ----------------------------------------------------------------------------------
+
+def handle_purchase(conn: Connection, msg: Purchase, body: dict, now: datetime) -> Decision:
+    claim = inbox_svc.claim(conn, sender=msg.provider_id, message_id=msg.message_id, task=msg.task,
+                            body=body, now=now, order_id=msg.order_id)
+    if claim.conflict:
+        raise Conflict()
+    if claim.replay is not None:
+        return claim.replay
+    lock_order(conn, msg.provider_id, msg.order_id)
+    decision, order = _decide_purchase(conn, msg, now)
+    _finish(conn, msg.provider_id, claim.inbox_id, decision, now)
+    _release_held_cancels(conn, msg.provider_id, msg.order_id, order, now)
+    return decision
+
+
+def _load_content(conn: Connection, provider_id: str, content_id: str) -> Content | None:
+    row = conn.execute(select(contents).where(contents.c.provider_id == provider_id,
+                                              contents.c.content_id == content_id)).mappings().first()
+    return None if row is None else Content(row["provider_id"], row["content_id"], row["name"],
+                                            row["price_type"], row["unit_price"], row["term_months"])
+
+
+def _load_holder(conn: Connection, passport_id: str) -> Holder | None:
+    customer_id = conn.execute(select(passport_ids.c.customer_id).where(
+        passport_ids.c.passport_id == passport_id)).scalar()
+    if customer_id is None:
+        return None
+    line = lock_line(conn, customer_id)
+    pid = conn.execute(select(passport_ids).where(passport_ids.c.passport_id == passport_id)).mappings().one()
+    return Holder(passport_id=passport_id, customer_id=customer_id, status=pid["status"],
+                  deleted=pid["deleted_at"] is not None, restricted=pid["restricted"], limit=pid["limit"],
+                  access_service=line["access_service"], line_terminated=line["terminated_at"] is not None,
+                  line_restricted=line["restricted"], line_limit=line["line_limit"])
+
+
+def _decide_purchase(conn: Connection, msg: Purchase, now: datetime) -> tuple[Decision, int | None]:
+    def refuse(reason: Reason) -> tuple[Decision, None]:
+        return Decision(message_id=msg.message_id, status="rejected", reason=reason.value), None
+
+    taken = conn.execute(select(purchases.c.application_number).where(
+        purchases.c.provider_id == msg.provider_id, purchases.c.order_id == msg.order_id)).first()
+    if taken is not None:
+        return refuse(Reason.DUPLICATE_ORDER)
+    content = _load_content(conn, msg.provider_id, msg.content_id)
+    holder = _load_holder(conn, msg.passport_id)
+    start = billing_month(msg.occurred_at)
+    month = first_open_month(conn, start)
+    plan: list[str] = []
+
+    def usage() -> Usage:
+        assert content is not None and holder is not None
+        key = billing.dedupe_key(msg.passport_id, msg.provider_id, msg.content_id)
+        if content.price_type == MONTHLY_FLAT:
+            subscribed = conn.execute(select(purchases.c.application_number).where(
+                purchases.c.dedupe_key == key, purchases.c.cancelled_at.is_(None),
+                (purchases.c.last_month.is_(None)) | (purchases.c.last_month >= month)).limit(1)).first()
+            last = term_last_month(start, content.term_months)
+            plan.extend(m for m in months_billed_at_purchase(start, month, last)
+                        if not billing.month_is_billed_for(conn, key, m))
+            added = content.unit_price * len(plan)
+            if start < month and (last is None or last >= month) and not billing.month_is_billed_for(conn, key, month):
+                added += content.unit_price  # the first open month's own renewal comes due too
+        else:
+            subscribed, added = None, content.unit_price * msg.quantity
+        open_month = True
+        return Usage(already_subscribed=subscribed is not None,
+                     passport_usage=billing.usage(conn, month, open_month=open_month, passport_id=msg.passport_id),
+                     line_usage=billing.usage(conn, month, open_month=open_month, customer_id=holder.customer_id),
+                     added=added)
+
+    verdict = decide_purchase(provider_id=msg.provider_id, content_id=msg.content_id, quantity=msg.quantity,
+                              unit_price=msg.unit_price, content=content, holder=holder, usage=usage)
+    if not verdict.accepted:
+        return refuse(verdict.reason)
+    assert content is not None and holder is not None
+    number = _accept(conn, msg, content, holder, start, month, plan, now)
+    return Decision(message_id=msg.message_id, status="accepted", application_number=str(number),
+                    billing_month=month), number
+
+
+def _accept(conn: Connection, msg: Purchase, content: Content, holder: Holder, start: str, month: str,
+            plan: list[str], now: datetime) -> int:
+    monthly = content.price_type == MONTHLY_FLAT
+    key = billing.dedupe_key(msg.passport_id, msg.provider_id, msg.content_id) if monthly else None
+    number = conn.execute(insert(purchases).values(
+        provider_id=msg.provider_id, order_id=msg.order_id, passport_id=msg.passport_id,
+        customer_id=holder.customer_id, content_id=msg.content_id, price_type=content.price_type,
+        unit_price=content.unit_price, quantity=msg.quantity, purchased_at=msg.occurred_at, start_month=start,
+        last_month=term_last_month(start, content.term_months) if monthly else start,
+        term_months=content.term_months, dedupe_key=key,
+    ).returning(purchases.c.application_number)).scalar_one()
+    account = billing_account_for(conn, holder.customer_id, month)
+    events = []
+    for service_month in (plan if monthly else [start]):
+        amount = content.unit_price * msg.quantity
+        inserted = insert_ignore(conn, charges, application_number=number, customer_id=holder.customer_id,
+                                 passport_id=msg.passport_id, provider_id=msg.provider_id,
+                                 content_id=msg.content_id, service_month=service_month, billing_month=month,
+                                 quantity=msg.quantity, amount=amount, late=service_month != month,
+                                 dedupe_key=key)
+        if inserted is not None:
+            events.append((outbox.BILLING_RECORDS, ChargeRecord(
+                event_id=outbox.new_event_id(), application_number=str(number), customer_id=holder.customer_id,
+                billing_account=account, passport_id=msg.passport_id, provider_id=msg.provider_id,
+                content_id=msg.content_id, month=month, quantity=msg.quantity, amount=amount,
+                late=service_month != month)))
+    outbox.emit_many(conn, events, now=now)
+    return number
+
+
+# ---- cancel ------------------------------------------------------------------------------------
+
+def handle_cancel(conn: Connection, msg: Cancel, body: dict, now: datetime) -> Decision:
+    claim = inbox_svc.claim(conn, sender=msg.provider_id, message_id=msg.message_id, task=msg.task,
+                            body=body, now=now, order_id=msg.order_id)
+    if claim.conflict:
+        raise Conflict()
+    if claim.replay is not None:
+        return claim.replay
+    lock_order(conn, msg.provider_id, msg.order_id)
+    row = _order_row(conn, msg.provider_id, msg.order_id)
+    if row is None:
+        if _purchase_was_refused(conn, msg.provider_id, msg.order_id):
+            decision = Decision(message_id=msg.message_id, status="rejected", reason=Reason.UNKNOWN_ORDER.value)
+        else:
+            conn.execute(insert(held_cancels).values(
+                inbox_id=claim.inbox_id, provider_id=msg.provider_id, order_id=msg.order_id,
+                message_id=msg.message_id, occurred_at=msg.occurred_at, received_at=now))
+            decision = Decision(message_id=msg.message_id, status="held")
+        return _finish(conn, msg.provider_id, claim.inbox_id, decision, now)
+    decision = _apply_cancel(conn, row, msg.message_id, msg.occurred_at, now)
+    return _finish(conn, msg.provider_id, claim.inbox_id, decision, now)
+
+
+def _order_row(conn: Connection, provider_id: str, order_id: str):  # noqa: ANN202
+    return conn.execute(select(purchases).where(purchases.c.provider_id == provider_id,
+                                                purchases.c.order_id == order_id)).mappings().first()
+
+
+def _purchase_was_refused(conn: Connection, provider_id: str, order_id: str) -> bool:
+    rows = conn.execute(select(inbox.c.decision).where(
+        inbox.c.sender == provider_id, inbox.c.order_id == order_id, inbox.c.task == Purchase.task)).scalars()
+    return any(d is not None and d.get("status") == "rejected" for d in rows)
+
+
+def _apply_cancel(conn: Connection, row, message_id: str, at: datetime, now: datetime) -> Decision:  # noqa: ANN001
+    lock_line(conn, row["customer_id"])
+    number = row["application_number"]
+    charge = None
+    if row["price_type"] != MONTHLY_FLAT:
+        charge = conn.execute(select(charges).where(charges.c.application_number == number)).mappings().one()
+    order = Order(application_number=number, price_type=row["price_type"], purchased_at=row["purchased_at"],
+                  cancelled=row["cancelled_at"] is not None,
+                  charge_month_open=charge is not None and is_open(conn, charge["billing_month"]))
+    verdict = decide_cancel(order, at=at)
+    if not verdict.accepted:
+        return Decision(message_id=message_id, status="rejected", reason=verdict.reason.value,
+                        application_number=str(number))
+    if charge is None:
+        last = last_billable_month(row["purchased_at"], at, row["term_months"])
+        conn.execute(update(purchases).where(purchases.c.application_number == number).values(
+            cancelled_at=at, last_month=last, end_cause="cancel"))
+    else:
+        conn.execute(update(purchases).where(purchases.c.application_number == number).values(
+            cancelled_at=at, end_cause="cancel"))
+        conn.execute(update(charges).where(charges.c.id == charge["id"]).values(voided_at=now))
+        outbox.emit(conn, outbox.BILLING_RECORDS, ChargeVoided(
+            event_id=outbox.new_event_id(), application_number=str(number), customer_id=charge["customer_id"],
+            billing_account=billing_account_for(conn, charge["customer_id"], charge["billing_month"]),
+            passport_id=charge["passport_id"], provider_id=charge["provider_id"], content_id=charge["content_id"],
+            month=charge["billing_month"], quantity=charge["quantity"], amount=charge["amount"],
+            late=charge["late"]), now=now)
+    return Decision(message_id=message_id, status="accepted", application_number=str(number))
+
+
+# ---- held cancels ------------------------------------------------------------------------------
+
+def _held(conn: Connection, provider_id: str, order_id: str):  # noqa: ANN202
+    return conn.execute(select(held_cancels).where(
+        held_cancels.c.provider_id == provider_id, held_cancels.c.order_id == order_id
+    ).order_by(held_cancels.c.id)).mappings().all()
+
+
+def _release_held_cancels(conn: Connection, provider_id: str, order_id: str, number: int | None,
+                          now: datetime) -> None:
+    """Decide the cancels that waited for this order: applied if it was accepted, else UNKNOWN_ORDER."""
+    for held in _held(conn, provider_id, order_id):
+        if number is None:
+            decision = Decision(message_id=held["message_id"], status="rejected", reason=Reason.UNKNOWN_ORDER.value)
+        else:
+            row = _order_row(conn, provider_id, order_id)
+            decision = _apply_cancel(conn, row, held["message_id"], held["occurred_at"], now)
+        conn.execute(delete(held_cancels).where(held_cancels.c.id == held["id"]))
+        _finish(conn, provider_id, held["inbox_id"], decision, now)
+
+
+def expire_held_cancels(conn: Connection, *, now: datetime, hold) -> int:  # noqa: ANN001
+    """Refuse ``UNKNOWN_ORDER`` every cancel held longer than ``hold`` without its purchase."""
+    expired = conn.execute(select(held_cancels.c.provider_id, held_cancels.c.order_id).where(
+        held_cancels.c.received_at <= now - hold).distinct()).all()
+    for provider_id, order_id in expired:
+        lock_order(conn, provider_id, order_id)
+        for held in _held(conn, provider_id, order_id):
+            if held["received_at"] > now - hold:
+                continue
+            decision = Decision(message_id=held["message_id"], status="rejected", reason=Reason.UNKNOWN_ORDER.value)
+            conn.execute(delete(held_cancels).where(held_cancels.c.id == held["id"]))
+            _finish(conn, provider_id, held["inbox_id"], decision, now)
+    return len(expired)

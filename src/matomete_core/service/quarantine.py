@@ -1,0 +1,54 @@
+"""Quarantine: what cannot be decided is kept, redacted of secrets, for an operator."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from matomete_core.adapters.database import insert_ignore
+from matomete_core.adapters.tables import quarantine
+from matomete_core.messages import MESSAGE_ID, Decision
+from matomete_core.reasons import Quarantine
+from matomete_core.security import redact
+
+log = logging.getLogger(__name__)
+MAX_STORED = 64 * 1024
+
+
+def _safe_json(body: Any) -> str:
+    try:
+        text = json.dumps(redact(body), ensure_ascii=False, sort_keys=True, default=repr)
+    except (ValueError, RecursionError):
+        text = json.dumps(repr(type(body)))
+    return text if len(text) <= MAX_STORED else json.dumps({"truncated": text[:MAX_STORED]}, ensure_ascii=False)
+
+
+def message_id_of(body: Any) -> str | None:
+    """The body's message_id when it is a well-formed one; never an arbitrary string."""
+    mid = body.get("message_id") if isinstance(body, dict) else None
+    return mid if isinstance(mid, str) and re.match(MESSAGE_ID, mid) else None
+
+
+def quarantine_message(engine: Engine, *, task: str, reason: Quarantine, detail: str, body: Any,
+                       now: datetime, sender: str | None = None) -> Decision:
+    stored = _safe_json(body)
+    mid = message_id_of(body)
+    with engine.begin() as conn:
+        insert_ignore(conn, quarantine, task=task, reason=reason.value, detail=detail[:4000],
+                      sender=sender, message_id=mid, received_at=now, message=stored,
+                      body_hash=hashlib.sha256(f"{stored}\x00{detail}".encode()).hexdigest())
+    log.warning("message quarantined", extra={"task": task, "reason": reason.value, "message_id": mid})
+    return Decision(message_id=mid, status="quarantined", reason=reason.value)
+
+
+def list_quarantined(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(quarantine).order_by(quarantine.c.id)).mappings().all()
+    return [{"id": r["id"], "task": r["task"], "reason": r["reason"], "detail": r["detail"],
+             "received_at": r["received_at"].isoformat(), "message": json.loads(r["message"])} for r in rows]

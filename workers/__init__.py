@@ -1,0 +1,1 @@
+"""Celery entry points: the app, its queues and schedule, and one thin task per inbound message."""

@@ -1,0 +1,91 @@
+"""One thin task per inbound message: hand the message to the bus, return its decision.
+
+Every task takes exactly one positional argument, the message; anything else is quarantined by
+the bus. Transient database errors are retried with backoff, never turned into a decision.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from functools import lru_cache
+
+from celery import Task
+
+from matomete_core.adapters.database import is_transient
+from matomete_core.adapters.relay import KombuPublisher, relay
+from matomete_core.config import Settings
+from matomete_core.service import bus, housekeeping
+from matomete_core.service.deps import Deps, bootstrap
+from workers.app import app
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF_S = 30
+
+
+@lru_cache(maxsize=1)
+def deps() -> Deps:
+    """Built on first use in each worker process (after the fork), never at import."""
+    settings = Settings.from_env()
+    return bootstrap(settings, publisher=KombuPublisher(settings.broker_url))
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _relay_quietly(d: Deps) -> None:
+    """Publish right after commit; what fails here stays in the outbox for the beat relay."""
+    try:
+        relay(d.engine, d.publisher, now=_now())
+    except Exception:  # noqa: BLE001 — the outbox keeps it; beat retries
+        log.warning("outbox relay after commit failed; beat will relay", exc_info=True)
+
+
+def decide(task: Task, args: tuple, kwargs: dict) -> dict:
+    d = deps()
+    try:
+        decision = bus.handle(d, task.name, args, kwargs, now=_now())
+    except Exception as exc:
+        if is_transient(exc):
+            countdown = min(MAX_BACKOFF_S, 2 ** task.request.retries)
+            log.warning("transient error, retrying in %ss: %s", countdown, type(exc).__name__)
+            raise task.retry(exc=exc, countdown=countdown, max_retries=None) from None
+        raise
+    _relay_quietly(d)
+    return decision
+
+
+def inbound(name: str):  # noqa: ANN201
+    """The house task decorator: a stable name, late acks, the bus."""
+    def register(fn):  # noqa: ANN001, ANN202
+        @app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True)
+        def task(self, *args, **kwargs):  # noqa: ANN001, ANN202
+            return decide(self, args, kwargs)
+        task.__doc__ = fn.__doc__
+        return task
+    return register
+
+
+@inbound("matomete.purchase")
+def purchase() -> None:
+    """A provider's purchase event."""
+
+
+@inbound("matomete.cancel")
+def cancel() -> None:
+    """A provider's cancel (monthly flat) or void (per use)."""
+
+
+@app.task(name="matomete.relay_outbox")
+def relay_outbox() -> int:
+    d = deps()
+    return relay(d.engine, d.publisher, now=_now())
+
+
+@app.task(name="matomete.expire_held_cancels")
+def expire_held_cancels() -> int:
+    d = deps()
+    count = housekeeping.expire_held(d, now=_now())
+    _relay_quietly(d)
+    return count
