@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 MAX_CLOCK_SKEW = timedelta(minutes=5)
-RFC3339 = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
+RFC3339 = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$"
 MESSAGE_ID = r"^[A-Za-z0-9._:-]{1,128}$"
 PASSPORT_ID = r"^[A-Za-z0-9]{4,60}$"
 CUSTOMER_ID = r"^CAF[0-9]{10}$"
@@ -44,7 +44,7 @@ MONTH = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
 
 
 def _rfc3339_text(value: Any) -> Any:
-    if not isinstance(value, str) or not re.match(RFC3339, value):
+    if not isinstance(value, str) or not re.fullmatch(RFC3339, value):
         raise ValueError("must be an RFC 3339 timestamp with an explicit offset, e.g. 2026-11-03T10:15:00+09:00")
     return value
 
@@ -69,7 +69,7 @@ AccessKey = Annotated[SecretStr, Field(min_length=1, max_length=128)]
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, hide_input_in_errors=True)
 
 
 class _Inbound(_Message):
@@ -148,7 +148,7 @@ class _CustomerCommand(_Inbound):
 class SetRestriction(_CustomerCommand):
     task: ClassVar[str] = "matomete.set_restriction"
 
-    passport_id: PassportId | None = None
+    passport_id: PassportId | None  # null: the whole line
     restricted: bool
 
 
@@ -185,6 +185,8 @@ INBOUND: dict[str, type[_Inbound]] = {
 
 def parse(model: type[_Inbound], body: Any, *, now: datetime) -> _Inbound:
     """Validate a decoded JSON body; raises pydantic.ValidationError."""
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be an aware datetime")
     return model.model_validate(body, context={"now": now})
 
 
@@ -214,7 +216,7 @@ class SubscriptionEnded(_Message):
     event_id: str
     application_number: str
     order_id: str
-    ended_at: datetime
+    ended_at: AwareDatetime
     cause: Literal["line_change", "term_end"]
 
 
@@ -223,12 +225,12 @@ class ChargeRecord(_Message):
     event_id: str
     application_number: str
     customer_id: CustomerId
-    billing_account: str
+    billing_account: BillingAccount
     passport_id: PassportId
     provider_id: ProviderId
     content_id: ContentId
     month: Month
-    quantity: int
+    quantity: Annotated[int, Field(ge=1)]
     amount: Yen
     late: bool
 
@@ -242,12 +244,12 @@ class InvoiceItem(_Message):
     provider_name: str
     content_id: ContentId
     content_name: str
-    quantity: int
+    quantity: Annotated[int, Field(ge=1)]
     amount: Yen
 
 
 class Invoice(_Message):
-    billing_account: str
+    billing_account: BillingAccount
     month: Month
     title: Literal["フレッツ・まとめて支払い料金"] = "フレッツ・まとめて支払い料金"
     total: Yen

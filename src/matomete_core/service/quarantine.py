@@ -32,7 +32,7 @@ def _safe_json(body: Any) -> str:
 def message_id_of(body: Any) -> str | None:
     """The body's message_id when it is a well-formed one; never an arbitrary string."""
     mid = body.get("message_id") if isinstance(body, dict) else None
-    return mid if isinstance(mid, str) and re.match(MESSAGE_ID, mid) else None
+    return mid if isinstance(mid, str) and re.fullmatch(MESSAGE_ID, mid) else None
 
 
 def quarantine_message(engine: Engine, *, task: str, reason: Quarantine, detail: str, body: Any,
