@@ -18,3 +18,10 @@ def first_open_month(conn: Connection, month: str) -> str:
 
 def is_open(conn: Connection, month: str) -> bool:
     return conn.execute(select(billing_months.c.month).where(billing_months.c.month == month)).first() is None
+
+
+def mark_closing(conn: Connection, month: str, *, now) -> None:  # noqa: ANN001
+    """From now on nothing more is billed into ``month``: later charges go to the first open month."""
+    from matomete_core.adapters.database import insert_ignore
+
+    insert_ignore(conn, billing_months, month=month, status="closing", closing_at=now)
