@@ -21,6 +21,7 @@ from workers.app import app
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 30
+MAX_ATTEMPTS = 4  # of a message whose handling fails for a reason that is not transient
 
 
 @lru_cache(maxsize=1)
@@ -43,15 +44,21 @@ def _relay_quietly(d: Deps) -> None:
 
 
 def decide(task: Task, args: tuple, kwargs: dict) -> dict:
+    """Decide one message. Transient errors retry with backoff for as long as they last; any other
+    failure retries a few times, then the message is quarantined — never dropped."""
     d = deps()
+    attempt = task.request.retries or 0
     try:
         decision = bus.handle(d, task.name, args, kwargs, now=_now())
     except Exception as exc:
+        countdown = min(MAX_BACKOFF_S, 2 ** attempt)
         if is_transient(exc):
-            countdown = min(MAX_BACKOFF_S, 2 ** task.request.retries)
             log.warning("transient error, retrying in %ss: %s", countdown, type(exc).__name__)
             raise task.retry(exc=exc, countdown=countdown, max_retries=None) from None
-        raise
+        if attempt + 1 < MAX_ATTEMPTS:
+            log.exception("handling failed (attempt %s of %s)", attempt + 1, MAX_ATTEMPTS)
+            raise task.retry(exc=exc, countdown=countdown, max_retries=MAX_ATTEMPTS) from None
+        decision = bus.quarantine_failure(d, task.name, args, kwargs, exc, MAX_ATTEMPTS, now=_now())
     _relay_quietly(d)
     return decision
 

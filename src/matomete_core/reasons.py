@@ -37,3 +37,6 @@ class Quarantine(StrEnum):
     UNKNOWN_PROVIDER = "UNKNOWN_PROVIDER"
     BAD_SIGNATURE = "BAD_SIGNATURE"
     MESSAGE_ID_CONFLICT = "MESSAGE_ID_CONFLICT"
+    # beyond CONTRACT.md: a message whose handling kept failing (a bug, not the message) is kept
+    # for an operator rather than lost or retried for ever
+    PROCESSING_FAILED = "PROCESSING_FAILED"

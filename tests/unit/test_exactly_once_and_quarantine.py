@@ -126,3 +126,16 @@ def test_the_same_bad_message_delivered_twice_is_quarantined_once(deps):
 def test_decisions_are_json_as_the_result_backend_stores_them(provider):
     decision = provider.buy("user01", "pack", AT)
     assert json.loads(json.dumps(decision)) == decision
+
+
+def test_a_conflict_is_told_to_its_provider_but_an_unauthenticated_message_is_not(deps, provider):
+    from matomete_core.adapters.relay import relay
+    msg = provider.message("PA", AT, order_id="o1", passport_id="user01", content_id="pack")
+    provider.send("matomete.purchase", msg, now=AT)
+    other = signed({**{k: v for k, v in msg.items() if k != "signature"}, "order_id": "o2"}, SECRETS["PA"])
+    provider.send("matomete.purchase", other, now=AT)
+    forged = {**other, "order_id": "o3"}  # signature no longer matches
+    provider.send("matomete.purchase", forged, now=AT)
+    relay(deps.engine, deps.publisher, now=AT)
+    reasons = [b["reason"] for b in deps.publisher.bodies("provider-results.PA")]
+    assert reasons == [None, "MESSAGE_ID_CONFLICT"]

@@ -53,9 +53,10 @@ def handle(deps: Deps, task: str, args: tuple | list, kwargs: dict, *, now: date
 def _decide(deps: Deps, task: str, args: tuple | list, kwargs: dict, now: datetime) -> Decision:
     body = args[0] if len(args) == 1 else {"args": list(args)}
 
-    def quarantined(reason: Quarantine, detail: str, sender: str | None = None) -> Decision:
+    def quarantined(reason: Quarantine, detail: str, sender: str | None = None, *,
+                    authenticated: bool = False) -> Decision:
         return quarantine_message(deps.engine, task=task, reason=reason, detail=detail, body=body,
-                                  now=now, sender=sender)
+                                  now=now, sender=sender, tell_provider=authenticated)
 
     if len(args) != 1 or kwargs:
         return quarantined(Quarantine.INVALID_MESSAGE,
@@ -84,7 +85,18 @@ def _decide(deps: Deps, task: str, args: tuple | list, kwargs: dict, now: dateti
             return handler(conn, msg, body, now)
     except provider.Conflict:
         return quarantined(Quarantine.MESSAGE_ID_CONFLICT,
-                           f"message_id={msg.message_id} was decided before with other content", sender)
+                           f"message_id={msg.message_id} was decided before with other content", sender,
+                           authenticated=True)
+
+
+def quarantine_failure(deps: Deps, task: str, args: tuple | list, kwargs: dict, exc: BaseException,
+                       attempts: int, *, now: datetime) -> dict:
+    """Keep a message whose handling failed ``attempts`` times for an operator, and answer with that."""
+    body = args[0] if len(args) == 1 else {"args": list(args)}
+    decision = quarantine_message(deps.engine, task=task, reason=Quarantine.PROCESSING_FAILED,
+                                  detail=f"{type(exc).__name__} on each of {attempts} attempts", body=body,
+                                  now=now)
+    return decision.model_dump(mode="json")
 
 
 def _provider_secrets(deps: Deps, provider_id: str) -> list[str] | None:

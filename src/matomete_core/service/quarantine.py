@@ -13,9 +13,10 @@ from sqlalchemy import Engine, select
 
 from matomete_core.adapters.database import insert_ignore
 from matomete_core.adapters.tables import quarantine
-from matomete_core.messages import MESSAGE_ID, Decision
+from matomete_core.messages import MESSAGE_ID, Decision, DecisionEvent
 from matomete_core.reasons import Quarantine
 from matomete_core.security import redact
+from matomete_core.service import outbox
 
 log = logging.getLogger(__name__)
 MAX_STORED = 64 * 1024
@@ -36,15 +37,21 @@ def message_id_of(body: Any) -> str | None:
 
 
 def quarantine_message(engine: Engine, *, task: str, reason: Quarantine, detail: str, body: Any,
-                       now: datetime, sender: str | None = None) -> Decision:
+                       now: datetime, sender: str | None = None, tell_provider: bool = False) -> Decision:
+    """Keep the message, redacted; ``tell_provider`` (an authenticated sender) also queues the
+    decision on its ``provider-results`` queue."""
     stored = _safe_json(body)
     mid = message_id_of(body)
+    decision = Decision(message_id=mid, status="quarantined", reason=reason.value)
     with engine.begin() as conn:
-        insert_ignore(conn, quarantine, task=task, reason=reason.value, detail=detail[:4000],
-                      sender=sender, message_id=mid, received_at=now, message=stored,
-                      body_hash=hashlib.sha256(f"{stored}\x00{detail}".encode()).hexdigest())
+        new = insert_ignore(conn, quarantine, task=task, reason=reason.value, detail=detail[:4000],
+                            sender=sender, message_id=mid, received_at=now, message=stored,
+                            body_hash=hashlib.sha256(f"{stored}\x00{detail}".encode()).hexdigest())
+        if tell_provider and sender is not None and new is not None:
+            event = DecisionEvent(event_id=outbox.new_event_id(), **decision.model_dump())
+            outbox.emit(conn, outbox.provider_results(sender), event, now=now)
     log.warning("message quarantined", extra={"task": task, "reason": reason.value, "message_id": mid})
-    return Decision(message_id=mid, status="quarantined", reason=reason.value)
+    return decision
 
 
 def list_quarantined(engine: Engine) -> list[dict[str, Any]]:
