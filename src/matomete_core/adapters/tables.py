@@ -143,6 +143,7 @@ charges = Table(
     UniqueConstraint("dedupe_key", "service_month"),
     Index("ix_charges_customer_month", "customer_id", "billing_month"),
     Index("ix_charges_passport_month", "passport_id", "billing_month"),
+    Index("ix_charges_billing_month", "billing_month"),
 )
 
 billing_months = Table(
@@ -151,6 +152,28 @@ billing_months = Table(
     Column("status", String(16), nullable=False),  # closing | closed
     Column("closing_at", AwareDateTime(), nullable=False),
     Column("closed_at", AwareDateTime()),
+    Column("step", String(16)),  # the last step of close_month that committed
+    Column("charges", BigInteger),
+    Column("invoices", BigInteger),
+    Column("total", Yen),
+)
+
+invoice_items = Table(
+    "invoice_items", metadata,
+    Column("billing_account", String(20), primary_key=True),  # the invoiced account (おまとめ: the representative)
+    Column("month", MonthCol, primary_key=True),
+    Column("provider_id", String(32), primary_key=True),
+    Column("content_id", String(64), primary_key=True),
+    Column("quantity", BigInteger, nullable=False),
+    Column("amount", Yen, nullable=False),
+)
+
+invoices = Table(
+    "invoices", metadata,
+    Column("billing_account", String(20), primary_key=True),
+    Column("month", MonthCol, primary_key=True),
+    Column("total", Yen, nullable=False),
+    Index("ix_invoices_month", "month"),
 )
 
 inbox = Table(
