@@ -67,11 +67,23 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 
 
 @click.group()
-def main() -> None:
+def cli() -> None:
     """matomete — the back office of フレッツ・まとめて支払い."""
 
 
-@main.group()
+def main(argv: list[str] | None = None) -> None:
+    """The console script: usage errors, like every other error, are one line on stderr."""
+    try:
+        cli.main(args=argv, prog_name="matomete", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("matomete: aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        click.echo(f"matomete: {' '.join(exc.format_message().split())}", err=True)
+        sys.exit(exc.exit_code)
+
+
+@cli.group()
 def db() -> None:
     """The database schema."""
 
@@ -86,7 +98,7 @@ def db_upgrade() -> None:
     click.echo("database is at the latest schema")
 
 
-@main.group()
+@cli.group()
 def catalog() -> None:
     """Providers and their contents."""
 
@@ -103,7 +115,7 @@ def catalog_load(file: str) -> None:
     click.echo(f"loaded {counts['providers']} providers, {counts['contents']} contents")
 
 
-@main.group("lines")
+@cli.group("lines")
 def lines_group() -> None:
     """Lines, billing accounts and existing Passport IDs."""
 
@@ -123,7 +135,7 @@ def lines_load(file: str) -> None:
 CELERY_PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 
 
-@main.command(context_settings=CELERY_PASSTHROUGH)
+@cli.command(context_settings=CELERY_PASSTHROUGH)
 @click.pass_context
 def worker(ctx: click.Context) -> None:
     """Run a worker on all inbound queues (extra options go to celery worker)."""
@@ -133,7 +145,7 @@ def worker(ctx: click.Context) -> None:
     app.worker_main(["worker", "-Q", queues, *ctx.args])
 
 
-@main.command(context_settings=CELERY_PASSTHROUGH)
+@cli.command(context_settings=CELERY_PASSTHROUGH)
 @click.pass_context
 def beat(ctx: click.Context) -> None:
     """Run the schedule: outbox relay, held-cancel expiry (extra options go to celery beat)."""
@@ -142,7 +154,7 @@ def beat(ctx: click.Context) -> None:
     app.start(["beat", *ctx.args])
 
 
-@main.command()
+@cli.command()
 @click.argument("customer_id")
 @click.argument("month", callback=lambda _c, _p, v: _month(v))
 @click.option("--passport-id", default=None)
@@ -162,7 +174,7 @@ def statement(customer_id: str, month: str, passport_id: str | None, page: int, 
              r["quantity"], r["amount"], r["price_type"], r["start_date"], r["end_date"]] for r in doc["rows"]])
 
 
-@main.group()
+@cli.group()
 def passport() -> None:
     """Passport IDs."""
 
@@ -181,7 +193,7 @@ def passport_show(passport_id: str, as_json: bool) -> None:
     _table(f"Passport ID {passport_id}", ["field", "value"], [[k, v] for k, v in doc.items()])
 
 
-@main.command()
+@cli.command()
 @click.argument("customer_id")
 @click.option("--json", "as_json", is_flag=True)
 @one_line_errors
@@ -196,7 +208,7 @@ def inquiries(customer_id: str, as_json: bool) -> None:
            [[p["provider_id"], p["name"], p["url"], p["phone"], p["hours"]] for p in doc["providers"]])
 
 
-@main.group("quarantine")
+@cli.group("quarantine")
 def quarantine_group() -> None:
     """Messages that could not be decided."""
 
@@ -215,7 +227,7 @@ def quarantine_list(as_json: bool) -> None:
            [[m["id"], m["task"], m["reason"], m["detail"], m["received_at"]] for m in messages])
 
 
-@main.command()
+@cli.command()
 @click.option("--json", "as_json", is_flag=True)
 @one_line_errors
 def demo(as_json: bool) -> None:

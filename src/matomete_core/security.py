@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -22,7 +23,8 @@ from cryptography.fernet import Fernet, InvalidToken
 __all__ = ["canonical_bytes", "sign", "signature_matches", "hash_access_key", "access_key_matches",
            "SecretBox", "redact", "SECRET_FIELDS"]
 
-SECRET_FIELDS = frozenset({"signature", "access_key", "signing_secret", "signing_secrets", "secret"})
+SECRET_FIELDS = frozenset({"signature", "access_key", "signing_secret", "signing_secrets", "previous_signing_secret",
+                           "secret"})
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
 
@@ -56,13 +58,13 @@ def hash_access_key(key: str) -> str:
 def access_key_matches(key: str, stored: str) -> bool:
     try:
         scheme, n, r, p, salt, digest = stored.split("$")
-    except ValueError:
+        if scheme != "scrypt":
+            return False
+        candidate = hashlib.scrypt(key.encode("utf-8"), salt=base64.b64decode(salt), dklen=32,
+                                   n=int(n), r=int(r), p=int(p))
+        return hmac.compare_digest(candidate, base64.b64decode(digest))
+    except (ValueError, binascii.Error):
         return False
-    if scheme != "scrypt":
-        return False
-    candidate = hashlib.scrypt(key.encode("utf-8"), salt=base64.b64decode(salt), dklen=32,
-                               n=int(n), r=int(r), p=int(p))
-    return hmac.compare_digest(candidate, base64.b64decode(digest))
 
 
 class SecretBox:

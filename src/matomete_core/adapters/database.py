@@ -16,7 +16,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from matomete_core.adapters.tables import lines
 
-__all__ = ["make_engine", "insert_ignore", "upsert", "lock_line", "lock_order", "is_transient"]
+__all__ = ["make_engine", "insert_ignore", "upsert", "lock_line", "lock_order", "is_transient", "share_month",
+           "seize_month", "try_close_lock", "release_close_lock"]
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -62,9 +63,7 @@ def lock_order(conn: Connection, provider_id: str, order_id: str) -> None:
     """Serialize the purchase and the cancels of one provider order, known yet or not."""
     if conn.dialect.name != "postgresql":
         return
-    digest = hashlib.blake2b(f"{provider_id}\x00{order_id}".encode(), digest_size=8).digest()
-    key = int.from_bytes(digest, "big", signed=True)
-    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _key(f"order:{provider_id}\x00{order_id}")})
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -86,3 +85,31 @@ def upsert(conn: Connection, table, rows: list[dict[str, Any]], keys: list[str])
     stmt = stmt.on_conflict_do_update(index_elements=keys, set_=update_cols) if update_cols \
         else stmt.on_conflict_do_nothing(index_elements=keys)
     conn.execute(stmt, rows)
+
+
+def _key(text_: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text_.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def share_month(conn: Connection, month: str) -> None:
+    """A decision billing into ``month`` holds it shared, so month close waits for it to commit."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": _key(f"month:{month}")})
+
+
+def seize_month(conn: Connection, month: str) -> None:
+    """Month close marks ``month`` closing under an exclusive hold: in-flight decisions finish first."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _key(f"month:{month}")})
+
+
+def try_close_lock(conn: Connection) -> bool:
+    """One month close at a time, whoever starts it (two beats, an operator): a session lock."""
+    if conn.dialect.name != "postgresql":
+        return True
+    return bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _key("month-close")}).scalar())
+
+
+def release_close_lock(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _key("month-close")})

@@ -23,7 +23,7 @@ def dedupe_key(passport_id: str, provider_id: str, content_id: str) -> str:
 def _charged(month: str, customer_id: str | None, passport_id: str | None) -> Select:
     c = charges.c
     stmt = select(c.application_number, c.customer_id, c.passport_id, c.provider_id, c.content_id,
-                  c.quantity, c.amount, c.late).where(c.billing_month == month, c.voided_at.is_(None))
+                  c.quantity, c.amount, c.late, c.dedupe_key).where(c.billing_month == month, c.voided_at.is_(None))
     if customer_id is not None:
         stmt = stmt.where(c.customer_id == customer_id)
     if passport_id is not None:
@@ -37,7 +37,7 @@ def renewals_due(month: str, customer_id: str | None = None, passport_id: str | 
     covered = exists().where(charges.c.dedupe_key == p.dedupe_key, charges.c.service_month == month)
     rank = func.row_number().over(partition_by=p.dedupe_key, order_by=p.application_number)
     inner = select(p.application_number, p.customer_id, p.passport_id, p.provider_id, p.content_id,
-                   p.quantity, (p.unit_price * p.quantity).label("amount"), rank.label("rank")).where(
+                   p.quantity, (p.unit_price * p.quantity).label("amount"), p.dedupe_key, rank.label("rank")).where(
         p.price_type == MONTHLY_FLAT, p.start_month < month,
         or_(p.last_month.is_(None), p.last_month >= month), ~covered)
     if customer_id is not None:
@@ -46,8 +46,8 @@ def renewals_due(month: str, customer_id: str | None = None, passport_id: str | 
         inner = inner.where(p.passport_id == passport_id)
     due = inner.subquery()
     return select(due.c.application_number, due.c.customer_id, due.c.passport_id, due.c.provider_id,
-                  due.c.content_id, due.c.quantity, due.c.amount, literal(False).label("late")
-                  ).where(due.c.rank == 1)
+                  due.c.content_id, due.c.quantity, due.c.amount, literal(False).label("late"),
+                  due.c.dedupe_key).where(due.c.rank == 1)
 
 
 def month_lines(month: str, *, open_month: bool, customer_id: str | None = None,

@@ -93,11 +93,11 @@ def _read(path: str | Path, model: type[BaseModel], key: str, ident: str) -> Any
         where = ".".join(str(p) for p in loc) or "file"
         if len(loc) >= 2 and loc[0] == key and isinstance(loc[1], int):
             try:
-                record = raw[key][loc[1]].get(ident)
+                record = json.dumps(raw[key][loc[1]].get(ident), ensure_ascii=False)[:80]
                 where = f"{key}[{loc[1]}] ({ident}={record}): " + ".".join(str(p) for p in loc[2:])
             except (AttributeError, IndexError, KeyError, TypeError):
                 pass
-        raise InvalidFile(f"{path}: {where}: {err['msg']}") from None
+        raise InvalidFile(" ".join(f"{path}: {where}: {err['msg']}".split())) from None
 
 
 def load_catalog(engine: Engine, box: SecretBox, path: str | Path) -> dict[str, int]:

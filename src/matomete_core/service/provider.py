@@ -10,7 +10,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, delete, insert, select, update
 
-from matomete_core.adapters.database import insert_ignore, lock_line, lock_order
+from matomete_core.adapters.database import insert_ignore, lock_line, lock_order, share_month
 from matomete_core.adapters.tables import (
     charges, contents, held_cancels, inbox, lines, line_billing, passport_ids, purchases)
 from matomete_core.calendar import billing_month, last_billable_month
@@ -92,7 +92,10 @@ def _decide_purchase(conn: Connection, msg: Purchase, now: datetime) -> tuple[De
     content = _load_content(conn, msg.provider_id, msg.content_id)
     holder = _load_holder(conn, msg.passport_id)
     start = billing_month(msg.occurred_at)
+    share_month(conn, start)
     month = first_open_month(conn, start)
+    if month != start:
+        share_month(conn, month)
     plan: list[str] = []
 
     def usage() -> Usage:
@@ -197,6 +200,7 @@ def _apply_cancel(conn: Connection, row, message_id: str, at: datetime, now: dat
     charge = None
     if row["price_type"] != MONTHLY_FLAT:
         charge = conn.execute(select(charges).where(charges.c.application_number == number)).mappings().one()
+        share_month(conn, charge["billing_month"])
     order = Order(application_number=number, price_type=row["price_type"], purchased_at=row["purchased_at"],
                   cancelled=row["cancelled_at"] is not None,
                   charge_month_open=charge is not None and is_open(conn, charge["billing_month"]))

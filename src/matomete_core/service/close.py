@@ -1,0 +1,204 @@
+"""Month close: ``close_month(M)`` turns a month that has ended into invoices.
+
+Steps, each one transaction, each recorded in ``billing_months.step`` and each idempotent by a
+unique key — so a second run, or a run after a crash at any point, gives the same invoices and
+no duplicate charge:
+
+  closing    M is marked closing: later charges dated in M go to the first open month (late)
+  renewals   every subscription billable in M without a charge for it gets one  (subscription, month)
+  terms      subscriptions whose term ends with M end; their providers are told   (event id)
+  invoices   one invoice per invoiced account, items by provider and content       (account, month)
+  published  a `charge` per renewal and an `invoice` per invoice, via the outbox   (event id)
+  exported   invoices-M.jsonl and invoices-M.csv, written aside and renamed
+  closed
+
+Every step is a few set-based statements (INSERT … SELECT, GROUP BY): no Python loop per
+subscription, memory flat with size.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from sqlalchemy import Connection, Engine, and_, exists, func, literal, select, true, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from matomete_core.adapters.database import release_close_lock, seize_month, try_close_lock
+from matomete_core.adapters.tables import (
+    billing_months, charges, invoice_items, invoices, outbox, purchases)
+from matomete_core.calendar import add_months, month_start
+from matomete_core.errors import MatometeError, MonthNotEnded
+from matomete_core.rules.purchase import MONTHLY_FLAT
+from matomete_core.service import billing
+from matomete_core.service.months import mark_closing
+from matomete_core.service.invoices import TITLE, invoice_json, invoiced_accounts, stored_invoices
+from matomete_core.service.sqljson import SqlJson
+
+STEPS = ("closing", "renewals", "terms", "invoices", "published", "exported", "closed")
+Progress = Callable[[str, int, int], None]
+
+__all__ = ["STEPS", "close_month", "CloseInProgress", "month_has_ended"]
+
+
+class CloseInProgress(MatometeError, RuntimeError):
+    """Another month close holds the close lock."""
+
+
+def month_has_ended(month: str, now: datetime) -> bool:
+    return now >= month_start(add_months(month, 1))
+
+
+def _insert(conn: Connection, table, columns: list[str], query) -> int:  # noqa: ANN001
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    query = query.where(true())  # SQLite needs a WHERE before ON CONFLICT in INSERT … SELECT
+    stmt = dialect.insert(table).from_select(columns, query).on_conflict_do_nothing()
+    return conn.execute(stmt).rowcount or 0
+
+
+def _step_of(conn: Connection, month: str) -> str | None:
+    return conn.execute(select(billing_months.c.step).where(billing_months.c.month == month)).scalar()
+
+
+def close_month(engine: Engine, month: str, *, now: datetime, export_dir: str | Path,
+                progress: Progress | None = None, after_step: Callable[[str], None] | None = None) -> dict:
+    """Close ``month``; returns ``{"month", "status", "charges", "invoices", "total"}``."""
+    if not month_has_ended(month, now):
+        raise MonthNotEnded(f"{month} has not ended yet (JST): it can be closed from {add_months(month, 1)}-01")
+    with engine.connect() as lock_conn:
+        if not try_close_lock(lock_conn):
+            raise CloseInProgress(f"another month close is running; {month} was not touched")
+        try:
+            return _close(engine, month, now, Path(export_dir), progress, after_step)
+        finally:
+            release_close_lock(lock_conn)
+            lock_conn.commit()
+
+
+def _close(engine: Engine, month: str, now: datetime, export_dir: Path, progress: Progress | None,
+           after_step: Callable[[str], None] | None) -> dict:
+    with engine.connect() as conn:
+        done = _step_of(conn, month)
+    start = STEPS.index(done) + 1 if done else 0
+    for index, step in enumerate(STEPS[start:], start):
+        if progress:
+            progress(step, index, len(STEPS))
+        if step == "exported":
+            _export(engine, month, export_dir)
+        with engine.begin() as conn:
+            if step == "closing":
+                seize_month(conn, month)
+                mark_closing(conn, month, now=now)
+            elif step in STEP_WORK:
+                STEP_WORK[step](conn, month, now)
+            values = {"step": step}
+            if step == "closed":
+                values.update(_totals(conn, month), status="closed", closed_at=now)
+            conn.execute(update(billing_months).where(billing_months.c.month == month).values(**values))
+        if after_step:
+            after_step(step)
+    if progress:
+        progress("closed", len(STEPS), len(STEPS))
+    with engine.connect() as conn:
+        row = conn.execute(select(billing_months).where(billing_months.c.month == month)).mappings().one()
+    return {"month": month, "status": row["status"], "charges": row["charges"], "invoices": row["invoices"],
+            "total": row["total"]}
+
+
+def _bill_renewals(conn: Connection, month: str, now: datetime) -> None:
+    due = billing.renewals_due(month).subquery()
+    query = select(due.c.application_number, due.c.customer_id, due.c.passport_id, due.c.provider_id,
+                   due.c.content_id, literal(month), literal(month), due.c.quantity, due.c.amount,
+                   literal(False), due.c.dedupe_key)
+    _insert(conn, charges, ["application_number", "customer_id", "passport_id", "provider_id", "content_id",
+                            "service_month", "billing_month", "quantity", "amount", "late", "dedupe_key"], query)
+
+
+def _end_terms(conn: Connection, month: str, now: datetime) -> None:
+    p = purchases.c
+    ending = and_(p.price_type == MONTHLY_FLAT, p.term_months.is_not(None), p.cancelled_at.is_(None),
+                  p.end_cause.is_(None), p.last_month == month)
+    j = SqlJson(conn.dialect.name)
+    event_id = literal("term-end-") + j.text(p.application_number)
+    body = j.obj(type=literal("subscription_ended"), event_id=event_id,
+                 application_number=j.text(p.application_number), order_id=p.order_id,
+                 ended_at=literal(month_start(add_months(month, 1)).isoformat()), cause=literal("term_end"))
+    _insert(conn, outbox, ["event_id", "queue", "body", "created_at"],
+            select(event_id, literal("provider-results.") + p.provider_id, j.text(body), literal(now, type_=outbox.c.created_at.type)).where(ending))
+    conn.execute(update(purchases).where(ending).values(end_cause="term_end"))
+
+
+def _make_invoices(conn: Connection, month: str, now: datetime) -> None:
+    acct = invoiced_accounts(month).subquery()
+    c = charges.c
+    items = select(acct.c.account, literal(month), c.provider_id, c.content_id, func.sum(c.quantity), func.sum(c.amount)
+                   ).join(acct, acct.c.customer_id == c.customer_id
+                   ).where(c.billing_month == month, c.voided_at.is_(None)
+                   ).group_by(acct.c.account, c.provider_id, c.content_id)
+    _insert(conn, invoice_items, ["billing_account", "month", "provider_id", "content_id", "quantity", "amount"], items)
+    ii = invoice_items.c
+    totals = select(ii.billing_account, ii.month, func.sum(ii.amount)).where(ii.month == month).group_by(
+        ii.billing_account, ii.month)
+    _insert(conn, invoices, ["billing_account", "month", "total"], totals)
+
+
+def _publish(conn: Connection, month: str, now: datetime) -> None:
+    j = SqlJson(conn.dialect.name)
+    created = literal(now, type_=outbox.c.created_at.type)
+    # a `charge` for every renewal billed by this close
+    c, p = charges.c, purchases.c
+    acct = invoiced_accounts(month).subquery()
+    event_id = literal("charge-") + j.text(c.id)
+    body = j.obj(type=literal("charge"), event_id=event_id, application_number=j.text(c.application_number),
+                 customer_id=c.customer_id, billing_account=acct.c.billing_account, passport_id=c.passport_id,
+                 provider_id=c.provider_id, content_id=c.content_id, month=c.billing_month, quantity=c.quantity,
+                 amount=c.amount, late=j.boolean(c.late))
+    renewal = exists().where(p.application_number == c.application_number, p.start_month < month)
+    _insert(conn, outbox, ["event_id", "queue", "body", "created_at"],
+            select(event_id, literal("billing-records"), j.text(body), created)
+            .join(acct, acct.c.customer_id == c.customer_id)
+            .where(c.billing_month == month, c.service_month == month, renewal))
+    # an `invoice` for every invoice
+    i = invoices.c
+    invoice_event = literal(f"invoice-{month}-") + i.billing_account
+    _insert(conn, outbox, ["event_id", "queue", "body", "created_at"],
+            select(invoice_event, literal("billing-records"),
+                   j.text(invoice_json(j, month, type=literal("invoice"), event_id=invoice_event)), created)
+            .where(i.month == month))
+
+
+def _export(engine: Engine, month: str, export_dir: Path) -> None:
+    """invoices-M.jsonl (one invoice a line) and invoices-M.csv (one item a row), atomically."""
+    export_dir.mkdir(parents=True, exist_ok=True)
+    jsonl, csv_path = export_dir / f"invoices-{month}.jsonl", export_dir / f"invoices-{month}.csv"
+    tmp_jsonl, tmp_csv = jsonl.with_suffix(".jsonl.part"), csv_path.with_suffix(".csv.part")
+    with open(tmp_jsonl, "w", encoding="utf-8") as fj, open(tmp_csv, "w", encoding="utf-8", newline="") as fc:
+        writer = csv.writer(fc)
+        writer.writerow(["billing_account", "month", "title", "total", "provider_id", "provider_name",
+                         "content_id", "content_name", "quantity", "amount"])
+        for inv in stored_invoices(engine, month):
+            fj.write(json.dumps(inv, ensure_ascii=False) + "\n")
+            for item in inv["items"]:
+                writer.writerow([inv["billing_account"], month, TITLE, inv["total"], item["provider_id"],
+                                 item["provider_name"], item["content_id"], item["content_name"],
+                                 item["quantity"], item["amount"]])
+        for f in (fj, fc):
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp_jsonl, jsonl)
+    os.replace(tmp_csv, csv_path)
+
+
+def _totals(conn: Connection, month: str) -> dict:
+    c = charges.c
+    n_charges = conn.execute(select(func.count()).where(c.billing_month == month, c.voided_at.is_(None))).scalar_one()
+    n_invoices, total = conn.execute(select(func.count(), func.coalesce(func.sum(invoices.c.total), 0))
+                                     .where(invoices.c.month == month)).one()
+    return {"charges": n_charges, "invoices": n_invoices, "total": int(total)}
+
+
+STEP_WORK = {"renewals": _bill_renewals, "terms": _end_terms, "invoices": _make_invoices, "published": _publish}
