@@ -29,6 +29,7 @@ ROUTES = {
     "matomete.update_registration": "customer-commands",
     "matomete.relay_outbox": HOUSEKEEPING_QUEUE,
     "matomete.expire_held_cancels": HOUSEKEEPING_QUEUE,
+    "matomete.close_due_months": HOUSEKEEPING_QUEUE,
 }
 
 
@@ -53,6 +54,11 @@ def create_app(settings: Settings) -> Celery:
                                  "options": {"expires": 10}},
             "expire held cancels": {"task": "matomete.expire_held_cancels", "schedule": crontab(minute="*"),
                                     "options": {"expires": 60}},
+            # level-triggered: every tick closes whatever month is due and not closed yet, so the
+            # first tick after 03:00 JST on the 1st closes the previous month, and a beat that was
+            # down catches up; the close lock keeps two beats from closing at once
+            "close ended months": {"task": "matomete.close_due_months", "schedule": crontab(minute="*/10"),
+                                   "options": {"expires": 600}},
         },
     )
     return app

@@ -15,7 +15,7 @@ from celery import Task
 from matomete_core.adapters.database import is_transient
 from matomete_core.adapters.relay import KombuPublisher, relay
 from matomete_core.config import Settings
-from matomete_core.service import bus, housekeeping
+from matomete_core.service import bus, close, housekeeping
 from matomete_core.service.deps import Deps, bootstrap
 from workers.app import app
 
@@ -84,6 +84,31 @@ def cancel() -> None:
     """A provider's cancel (monthly flat) or void (per use)."""
 
 
+@inbound("matomete.line_change")
+def line_change() -> None:
+    """The order system's notice of a change (異動) to a line."""
+
+
+@inbound("matomete.set_restriction")
+def set_restriction() -> None:
+    """The customer restricts, or lifts, one Passport ID or the whole line."""
+
+
+@inbound("matomete.set_limits")
+def set_limits() -> None:
+    """The customer changes the line limit and/or Passport IDs' own limits."""
+
+
+@inbound("matomete.register_passport_id")
+def register_passport_id() -> None:
+    """Registering a new Passport ID: refused since December 2024."""
+
+
+@inbound("matomete.update_registration")
+def update_registration() -> None:
+    """Changing registration details: refused, they are view-only since December 2024."""
+
+
 @app.task(name="matomete.relay_outbox")
 def relay_outbox() -> int:
     d = deps()
@@ -96,3 +121,16 @@ def expire_held_cancels() -> int:
     count = housekeeping.expire_held(d, now=_now())
     _relay_quietly(d)
     return count
+
+
+@app.task(name="matomete.close_due_months", acks_late=False)
+def close_due_months() -> list[dict]:
+    """Beat: close every month that is due (see service.close.months_due)."""
+    d = deps()
+    try:
+        closed = close.close_due_months(d.engine, now=_now(), close_hour=d.settings.close_hour,
+                                        export_dir=d.settings.export_dir)
+    except close.CloseInProgress:
+        return []
+    _relay_quietly(d)
+    return closed

@@ -227,6 +227,96 @@ def quarantine_list(as_json: bool) -> None:
            [[m["id"], m["task"], m["reason"], m["detail"], m["received_at"]] for m in messages])
 
 
+@cli.command("close-month")
+@click.argument("month", callback=lambda _c, _p, v: _month(v))
+@click.option("--json", "as_json", is_flag=True)
+@one_line_errors
+def close_month_cmd(month: str, as_json: bool) -> None:
+    """Close a month that has ended (JST); idempotent, resumes a close that was interrupted."""
+    from matomete_core.service.close import STEPS, close_month
+
+    d = _deps()
+    if as_json or not sys.stdout.isatty():
+        return _print_json(close_month(d.engine, month, now=_now(), export_dir=d.settings.export_dir))
+    from rich.progress import Progress
+
+    with Progress(console=console) as bar:
+        task = bar.add_task(f"closing {month}", total=len(STEPS))
+        result = close_month(d.engine, month, now=_now(), export_dir=d.settings.export_dir,
+                             progress=lambda step, done, _total: bar.update(task, completed=done,
+                                                                            description=f"closing {month}: {step}"))
+    console.print(f"{month} closed: {result['charges']:,} charges, {result['invoices']:,} invoices, "
+                  f"{result['total']:,} yen")
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.argument("what", nargs=-1, required=True)
+@click.option("--billing-account", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@one_line_errors
+def invoice(what: tuple[str, ...], billing_account: str | None, as_json: bool) -> None:
+    """The month's invoices: `invoice YYYY-MM`; what the open month would bill: `invoice preview CUSTOMER_ID`."""
+    from matomete_core.service.invoices import preview, stored_invoices
+
+    d = _deps()
+    if what[0] == "preview":
+        if len(what) != 2:
+            raise click.UsageError("usage: matomete invoice preview CUSTOMER_ID [--json]")
+        doc = preview(d.engine, what[1], now=_now())
+        if as_json:
+            return _print_json(doc)
+        return _invoice_table(doc, f"preview {doc['customer_id']} {doc['month']}")
+    if len(what) != 1:
+        raise click.UsageError("usage: matomete invoice YYYY-MM [--billing-account X] [--json]")
+    month = _month(what[0])
+    docs = list(stored_invoices(d.engine, month, billing_account))
+    if as_json:
+        return _print_json({"month": month, "invoices": docs})
+    for doc in docs:
+        _invoice_table(doc, doc["billing_account"])
+
+
+def _invoice_table(doc: dict, caption: str) -> None:
+    _table(f"{doc['title']} {caption}: {doc['total']:,} yen", ["provider", "content", "qty", "amount"],
+           [[i["provider_name"], i["content_name"], i["quantity"], f"{i['amount']:,}"] for i in doc["items"]])
+
+
+@cli.command("verify-month")
+@click.argument("month", callback=lambda _c, _p, v: _month(v))
+@click.option("--json", "as_json", is_flag=True)
+@one_line_errors
+def verify_month_cmd(month: str, as_json: bool) -> None:
+    """Recompute a closed month and compare with what was stored; exits 1 on any difference."""
+    from matomete_core.service.verify import verify_month
+
+    report = verify_month(_deps().engine, month)
+    if as_json:
+        _print_json(report)
+    else:
+        for diff in report["differences"]:
+            click.echo(" ".join(f"{k}={v}" for k, v in diff.items()))
+        click.echo(f"{month}: {'ok' if report['ok'] else str(len(report['differences'])) + ' difference(s)'}")
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("month", callback=lambda _c, _p, v: _month(v))
+@click.option("--json", "as_json", is_flag=True)
+@one_line_errors
+def settlement(month: str, as_json: bool) -> None:
+    """What each provider is owed for a month, by content."""
+    from matomete_core.service.invoices import settlement as view
+
+    doc = view(_deps().engine, month)
+    if as_json:
+        return _print_json(doc)
+    _table(f"settlement {month} ({'final' if doc['final'] else 'month still open'}): {doc['total']:,} yen",
+           ["provider", "content", "charges", "qty", "amount"],
+           [[p["name"], c["name"], c["charges"], c["quantity"], f"{c['amount']:,}"]
+            for p in doc["providers"] for c in p["contents"]])
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 @one_line_errors

@@ -171,3 +171,65 @@ def test_a_voided_purchase_is_not_invoiced(deps, provider, close):
     close("2026-08")
     with deps.engine.connect() as conn:
         assert conn.execute(select(invoices.c.total)).scalars().all() == [300]
+
+
+def test_verify_month_finds_nothing_wrong_in_an_honest_close(deps, provider, close):
+    from matomete_core.service.verify import verify_month
+    provider.buy("user01", "anime1", jst("2026-07-10 10:00"))
+    provider.buy("user01", "coin", jst("2026-08-10 10:00"), quantity=2)
+    close("2026-07")
+    close("2026-08")
+    assert verify_month(deps.engine, "2026-08") == {"month": "2026-08", "ok": True, "differences": []}
+
+
+def test_verify_month_catches_a_tampered_charge(deps, provider, close):
+    from matomete_core.service.verify import verify_month
+    provider.buy("user01", "anime1", jst("2026-08-10 10:00"))
+    close("2026-08")
+    with deps.engine.begin() as conn:
+        conn.execute(update(charges).values(amount=999))
+    report = verify_month(deps.engine, "2026-08")
+    assert not report["ok"]
+    assert {d["kind"] for d in report["differences"]} == {"charge_amount", "invoice_item_missing_or_wrong",
+                                                           "invoice_item_unexpected"}
+
+
+def test_verify_month_catches_a_tampered_invoice_total(deps, provider, close):
+    from matomete_core.service.verify import verify_month
+    provider.buy("user01", "anime1", jst("2026-08-10 10:00"))
+    close("2026-08")
+    with deps.engine.begin() as conn:
+        conn.execute(update(invoices).values(total=1))
+    assert [d["kind"] for d in verify_month(deps.engine, "2026-08")["differences"]] == ["invoice_total"]
+
+
+def test_settlement_tells_each_provider_what_it_is_owed_by_content(deps, provider, close):
+    from matomete_core.service.invoices import settlement
+    provider.buy("user01", "pack", jst("2026-08-03 10:00"))
+    provider.buy("user01", "anime1", jst("2026-08-03 10:00"))
+    provider.buy("user03", "anime1", jst("2026-08-03 10:00"))
+    close("2026-08")
+    doc = settlement(deps.engine, "2026-08")
+    assert doc["total"] == 1125 and doc["final"] is True
+    assert [(p["provider_id"], p["total"]) for p in doc["providers"]] == [("PA", 525), ("PB", 600)]
+    assert doc["providers"][1]["contents"] == [
+        {"content_id": "anime1", "name": "名作アニメ1", "charges": 2, "quantity": 2, "amount": 600}]
+
+
+def test_invoice_preview_shows_what_the_open_month_would_bill_now(deps, provider):
+    from matomete_core.service.invoices import preview
+    provider.buy("user01", "pack", jst("2026-07-03 10:00"))  # renews in August
+    provider.buy("user01", "coin", jst("2026-08-03 10:00"), quantity=3)
+    doc = preview(deps.engine, "CAF0000012573", now=jst("2026-08-05 10:00"))
+    assert (doc["month"], doc["billing_account"], doc["total"]) == ("2026-08", "06-1234-5678", 825)
+    assert [i["content_id"] for i in doc["items"]] == ["pack", "coin"]
+
+
+def test_beat_closes_each_ended_month_once_even_after_missed_ticks(deps, provider, tmp_path):
+    from matomete_core.service.close import close_due_months, months_due
+    provider.buy("user01", "anime1", jst("2026-07-10 10:00"))
+    assert months_due(deps.engine, now=jst("2026-08-01 02:59"), close_hour=3) == []
+    # beat was down all of August: its first tick in September closes July and August, in order
+    closed = close_due_months(deps.engine, now=jst("2026-09-01 03:10"), close_hour=3, export_dir=tmp_path)
+    assert [c["month"] for c in closed] == ["2026-07", "2026-08"]
+    assert close_due_months(deps.engine, now=jst("2026-09-01 03:20"), close_hour=3, export_dir=tmp_path) == []

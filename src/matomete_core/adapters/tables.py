@@ -84,6 +84,7 @@ line_billing = Table(
     Column("from_month", MonthCol, primary_key=True),  # '0000-00': since the line was loaded
     Column("billing_account", String(20), nullable=False),
     Column("omatome_representative", String(20)),
+    Column("effective_at", AwareDateTime()),  # a billing-number change's effective time; NULL: loaded
 )
 
 passport_ids = Table(

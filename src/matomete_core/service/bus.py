@@ -10,6 +10,7 @@ the caller can retry them — they are never turned into a decision.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from datetime import datetime
 from typing import Any, Callable
@@ -18,10 +19,12 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, select
 
 from matomete_core.adapters.tables import providers
-from matomete_core.messages import INBOUND, Cancel, Decision, Purchase, parse
+from matomete_core.messages import (
+    INBOUND, Cancel, Decision, LineChange, Purchase, RegisterPassportId, SetLimits, SetRestriction,
+    UpdateRegistration, parse)
 from matomete_core.reasons import Quarantine
 from matomete_core.security import signature_matches
-from matomete_core.service import provider
+from matomete_core.service import customer, line, provider
 from matomete_core.service.deps import Deps
 from matomete_core.service.quarantine import quarantine_message
 
@@ -32,7 +35,18 @@ Handler = Callable[[Connection, Any, dict, datetime], Decision]
 HANDLERS: dict[str, Handler] = {
     Purchase.task: provider.handle_purchase,
     Cancel.task: provider.handle_cancel,
+    LineChange.task: line.handle_line_change,
+    SetRestriction.task: customer.handle_set_restriction,
+    SetLimits.task: customer.handle_set_limits,
+    RegisterPassportId.task: customer.handle_register_passport_id,
+    UpdateRegistration.task: customer.handle_update_registration,
 }
+
+
+def _injected(handler: Handler, deps: Deps) -> dict[str, Any]:
+    """What a handler asks for by keyword beyond the message (``settings``), from ``deps``."""
+    wanted = inspect.signature(handler).parameters
+    return {name: getattr(deps, name) for name in ("settings",) if name in wanted}
 
 
 def _validation_detail(exc: ValidationError) -> str:
@@ -82,7 +96,7 @@ def _decide(deps: Deps, task: str, args: tuple | list, kwargs: dict, now: dateti
             return quarantined(Quarantine.BAD_SIGNATURE, f"provider_id={sender}", sender)
     try:
         with deps.engine.begin() as conn:
-            return handler(conn, msg, body, now)
+            return handler(conn, msg, body, now, **_injected(handler, deps))
     except provider.Conflict:
         return quarantined(Quarantine.MESSAGE_ID_CONFLICT,
                            f"message_id={msg.message_id} was decided before with other content", sender,

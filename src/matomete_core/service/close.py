@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 
@@ -42,7 +42,7 @@ from matomete_core.service.sqljson import SqlJson
 STEPS = ("closing", "renewals", "terms", "invoices", "published", "exported", "closed")
 Progress = Callable[[str, int, int], None]
 
-__all__ = ["STEPS", "close_month", "CloseInProgress", "month_has_ended"]
+__all__ = ["STEPS", "close_month", "close_due_months", "months_due", "CloseInProgress", "month_has_ended"]
 
 
 class CloseInProgress(MatometeError, RuntimeError):
@@ -202,3 +202,23 @@ def _totals(conn: Connection, month: str) -> dict:
 
 
 STEP_WORK = {"renewals": _bill_renewals, "terms": _end_terms, "invoices": _make_invoices, "published": _publish}
+
+
+def months_due(engine: Engine, *, now: datetime, close_hour: int) -> list[str]:
+    """Months that have ended, whose close time (the 1st of the next month at ``close_hour`` JST)
+    has passed, and that are not closed yet — from the first month anything was bought in.
+    Level-triggered: a missed tick or a beat that was down still finds them."""
+    with engine.connect() as conn:
+        first = conn.execute(select(func.min(purchases.c.start_month))).scalar()
+        closed = set(conn.execute(select(billing_months.c.month).where(billing_months.c.status == "closed")).scalars())
+    due, month = [], first
+    while month is not None and now >= month_start(add_months(month, 1)) + timedelta(hours=close_hour):
+        if month not in closed:
+            due.append(month)
+        month = add_months(month, 1)
+    return due
+
+
+def close_due_months(engine: Engine, *, now: datetime, close_hour: int, export_dir: str | Path) -> list[dict]:
+    return [close_month(engine, m, now=now, export_dir=export_dir)
+            for m in months_due(engine, now=now, close_hour=close_hour)]

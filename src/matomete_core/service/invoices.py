@@ -12,6 +12,7 @@ from sqlalchemy import Engine, Select, and_, func, literal, select
 from matomete_core.adapters.tables import (
     charges, contents, invoice_items, invoices, line_billing, providers)
 from matomete_core.calendar import billing_month
+from matomete_core.errors import NotFound
 from matomete_core.service import billing
 from matomete_core.service.months import is_open
 from matomete_core.service.sqljson import SqlJson
@@ -79,9 +80,11 @@ def preview(engine: Engine, customer_id: str, *, now: datetime) -> dict[str, Any
             .group_by(billed.c.provider_id, providers.c.name, billed.c.content_id, contents.c.name)
             .order_by(billed.c.provider_id, billed.c.content_id)).all()
         account = conn.execute(invoiced_accounts(month, customer_id)).first()
+    if account is None:
+        raise NotFound(f"unknown customer ID {customer_id}")
     items = [{"provider_id": r[0], "provider_name": r[1], "content_id": r[2], "content_name": r[3],
               "quantity": int(r[4]), "amount": int(r[5])} for r in rows]
-    return {"customer_id": customer_id, "billing_account": account.account if account else None,
+    return {"customer_id": customer_id, "billing_account": account.account,
             "month": month, "title": TITLE, "total": sum(i["amount"] for i in items), "items": items}
 
 
