@@ -233,3 +233,18 @@ def test_beat_closes_each_ended_month_once_even_after_missed_ticks(deps, provide
     closed = close_due_months(deps.engine, now=jst("2026-09-01 03:10"), close_hour=3, export_dir=tmp_path)
     assert [c["month"] for c in closed] == ["2026-07", "2026-08"]
     assert close_due_months(deps.engine, now=jst("2026-09-01 03:20"), close_hour=3, export_dir=tmp_path) == []
+
+
+def test_each_billing_account_gets_its_own_invoice_with_only_its_items(deps, provider, close):
+    with deps.engine.begin() as conn:
+        conn.execute(update(__import__("matomete_core.adapters.tables", fromlist=["lines"]).lines)
+                     .values(restricted=False))
+    provider.buy("user01", "pack", jst("2026-08-03 10:00"))
+    provider.buy("lineblk1", "anime1", jst("2026-08-03 10:00"))
+    provider.buy("lineblk1", "anime2", jst("2026-08-03 10:00"))
+    close("2026-08")
+    docs = {i["billing_account"]: [x["content_id"] for x in i["items"]] for i in stored_invoices(deps.engine, "2026-08")}
+    assert docs == {"03-0000-0002": ["anime1", "anime2"], "06-1234-5678": ["pack"]}
+    relay(deps.engine, deps.publisher, now=CLOSE_AT["2026-08"])
+    published = {b["billing_account"]: b["total"] for b in deps.publisher.bodies("billing-records") if b["type"] == "invoice"}
+    assert published == {"03-0000-0002": 600, "06-1234-5678": 525}

@@ -32,17 +32,23 @@ def invoiced_accounts(month: str, customer_id: str | None = None) -> Select:
 
 
 def items_select(j: SqlJson, month: str, account) -> Select:  # noqa: ANN001
+    """The JSON array of an invoice's items, sorted by provider ID then content ID; correlated to
+    ``account`` (a column of the enclosing query)."""
     ii = invoice_items.c
-    ordered = select(ii.provider_id, providers.c.name.label("provider_name"), ii.content_id,
-                     contents.c.name.label("content_name"), ii.quantity, ii.amount
-                     ).join(providers, providers.c.provider_id == ii.provider_id
-                     ).join(contents, and_(contents.c.provider_id == ii.provider_id, contents.c.content_id == ii.content_id)
-                     ).where(ii.month == month, ii.billing_account == account
-                     ).order_by(ii.provider_id, ii.content_id).subquery()
+    rows = select(ii.provider_id, providers.c.name.label("provider_name"), ii.content_id,
+                  contents.c.name.label("content_name"), ii.quantity, ii.amount
+                  ).join(providers, providers.c.provider_id == ii.provider_id
+                  ).join(contents, and_(contents.c.provider_id == ii.provider_id, contents.c.content_id == ii.content_id)
+                  ).where(ii.month == month, ii.billing_account == account)
+    if j.pg:  # an aggregate ORDER BY; PostgreSQL cannot correlate into a derived table
+        item = j.obj(provider_id=ii.provider_id, provider_name=providers.c.name, content_id=ii.content_id,
+                     content_name=contents.c.name, quantity=ii.quantity, amount=ii.amount)
+        return rows.with_only_columns(j.array_agg(item, ii.provider_id, ii.content_id))
+    ordered = rows.order_by(ii.provider_id, ii.content_id).correlate(invoices).subquery()
     item = j.obj(provider_id=ordered.c.provider_id, provider_name=ordered.c.provider_name,
                  content_id=ordered.c.content_id, content_name=ordered.c.content_name,
                  quantity=ordered.c.quantity, amount=ordered.c.amount)
-    return select(j.array_agg(item, ordered.c.provider_id, ordered.c.content_id))
+    return select(j.array_agg(item))
 
 
 def invoice_json(j: SqlJson, month: str, **extra: Any):  # noqa: ANN201
