@@ -193,6 +193,29 @@ def passport_show(passport_id: str, as_json: bool) -> None:
     _table(f"Passport ID {passport_id}", ["field", "value"], [[k, v] for k, v in doc.items()])
 
 
+@cli.group("line")
+def line_group() -> None:
+    """One line (customer ID)."""
+
+
+@line_group.command("show")
+@click.argument("customer_id")
+@click.option("--json", "as_json", is_flag=True)
+@one_line_errors
+def line_show(customer_id: str, as_json: bool) -> None:
+    """A line's status, restriction, limit, this month's usage and billing account, and its IDs."""
+    from matomete_core.service.line_view import line_details
+
+    doc = line_details(_deps().engine, customer_id, now=_now())
+    if as_json:
+        return _print_json(doc)
+    _table(f"line {customer_id}", ["field", "value"], [[k, v] for k, v in doc.items() if k != "passport_ids"])
+    _table(f"Passport IDs of {customer_id} ({doc['month']})", ["Passport ID", "status", "restricted", "limit",
+                                                               "usage", "registered_at"],
+           [[p["passport_id"], p["status"], p["restricted"], p["limit"], p["usage"], p["registered_at"]]
+            for p in doc["passport_ids"]])
+
+
 @cli.command()
 @click.argument("customer_id")
 @click.option("--json", "as_json", is_flag=True)

@@ -210,7 +210,7 @@ def test_passport_show_of_an_unknown_id_exits_1_with_one_line(loaded):
 def test_passport_show_json_has_the_contract_keys(loaded):
     doc = as_json(loaded("passport", "show", "user02", "--json"))
     assert set(doc) == {"passport_id", "customer_id", "status", "restricted", "limit", "line_limit", "month",
-                        "usage", "registered_at"}
+                        "usage", "registered_at", "line_status"}  # line_status: beyond CONTRACT.md
     assert (doc["passport_id"], doc["customer_id"], doc["limit"], doc["line_limit"], doc["usage"]) == (
         "user02", LINE, 1000, 10000, 0)
     assert re.fullmatch(r"[0-9]{4}-(0[1-9]|1[0-2])", doc["month"])  # the CLI's now, in JST

@@ -16,7 +16,7 @@ STATEMENT_KEYS = {"customer_id", "month", "passport_id", "page", "pages", "total
 ROW_KEYS = {"application_number", "passport_id", "provider_name", "content_name", "unit_price", "quantity",
             "amount", "price_type", "start_date", "end_date"}
 PASSPORT_KEYS = {"passport_id", "customer_id", "status", "restricted", "limit", "line_limit", "month", "usage",
-                 "registered_at"}
+                 "registered_at", "line_status"}  # line_status: beyond CONTRACT.md, SPEC.md "Views"
 PROVIDER_KEYS = {"provider_id", "name", "url", "phone", "hours"}
 
 
@@ -149,7 +149,7 @@ def test_passport_details_have_exactly_the_contract_keys(deps):
     assert set(doc) == PASSPORT_KEYS
     assert {k: v for k, v in doc.items() if k != "registered_at"} == {
         "passport_id": "user02", "customer_id": LINE, "status": "registered", "restricted": False,
-        "limit": 1000, "line_limit": 10000, "month": "2026-08", "usage": 0}
+        "limit": 1000, "line_limit": 10000, "month": "2026-08", "usage": 0, "line_status": "利用中"}
     assert datetime.fromisoformat(doc["registered_at"]) == jst("2019-04-01 10:00")
     assert json.loads(json.dumps(doc)) == doc
 

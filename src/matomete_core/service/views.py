@@ -11,6 +11,7 @@ from matomete_core.adapters.tables import contents, lines, passport_ids, provide
 from matomete_core.calendar import billing_month, jst_date
 from matomete_core.errors import NotFound
 from matomete_core.service import billing
+from matomete_core.service.line_view import line_status_of
 from matomete_core.service.months import is_open
 
 PAGE_SIZE = 10
@@ -56,17 +57,19 @@ def statement(engine: Engine, customer_id: str, month: str, *, passport_id: str 
 def passport_details(engine: Engine, passport_id: str, *, now: datetime) -> dict[str, Any]:
     month = billing_month(now)
     with engine.connect() as conn:
-        row = conn.execute(select(passport_ids, lines.c.line_limit).join(
+        row = conn.execute(select(passport_ids, lines.c.line_limit, lines.c.restricted.label("line_restricted")).join(
             lines, lines.c.customer_id == passport_ids.c.customer_id).where(
             passport_ids.c.passport_id == passport_id)).mappings().first()
         if row is None:
             raise NotFound(f"unknown Passport ID {passport_id}")
         used = billing.usage(conn, month, open_month=is_open(conn, month), passport_id=passport_id)
+        overall = line_status_of(conn, row["customer_id"], row["line_restricted"])
     status = "deleted" if row["deleted_at"] is not None else row["status"]
     return {"passport_id": passport_id, "customer_id": row["customer_id"], "status": status,
             "restricted": row["restricted"], "limit": row["limit"], "line_limit": row["line_limit"],
             "month": month, "usage": used,
-            "registered_at": row["registered_at"].isoformat() if row["registered_at"] else None}
+            "registered_at": row["registered_at"].isoformat() if row["registered_at"] else None,
+            "line_status": overall}  # beyond CONTRACT.md: the line's overall status (SPEC.md "Views")
 
 
 def inquiries(engine: Engine, customer_id: str) -> dict[str, Any]:
