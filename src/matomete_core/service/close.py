@@ -25,18 +25,18 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 
-from sqlalchemy import Connection, Engine, and_, exists, func, literal, select, true, update
+from sqlalchemy import Connection, Engine, and_, exists, func, literal, select, text, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from matomete_core.adapters.database import release_close_lock, seize_month, try_close_lock
 from matomete_core.adapters.tables import (
-    billing_months, charges, invoice_items, invoices, outbox, purchases)
+    billing_months, charges, contents, invoice_items, invoices, outbox, providers, purchases)
 from matomete_core.calendar import add_months, month_start
 from matomete_core.errors import MatometeError, MonthNotEnded
 from matomete_core.rules.purchase import MONTHLY_FLAT
 from matomete_core.service import billing
 from matomete_core.service.months import mark_closing
-from matomete_core.service.invoices import TITLE, invoice_json, invoiced_accounts, stored_invoices
+from matomete_core.service.invoices import TITLE, invoice_json, invoiced_accounts
 from matomete_core.service.sqljson import SqlJson
 
 STEPS = ("closing", "renewals", "terms", "invoices", "published", "exported", "closed")
@@ -53,11 +53,14 @@ def month_has_ended(month: str, now: datetime) -> bool:
     return now >= month_start(add_months(month, 1))
 
 
-def _insert(conn: Connection, table, columns: list[str], query) -> int:  # noqa: ANN001
+def _insert(conn: Connection, table, columns: list[str], query, *, skip_existing: bool = True) -> None:  # noqa: ANN001
+    """INSERT … SELECT; ``skip_existing``: ON CONFLICT DO NOTHING, for a step whose query does not
+    exclude what an earlier run of it inserted."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    query = query.where(true())  # SQLite needs a WHERE before ON CONFLICT in INSERT … SELECT
-    stmt = dialect.insert(table).from_select(columns, query).on_conflict_do_nothing()
-    return conn.execute(stmt).rowcount or 0
+    stmt = dialect.insert(table).from_select(columns, query.where(true()))  # SQLite: WHERE before ON CONFLICT
+    conn.execute(stmt.on_conflict_do_nothing() if skip_existing else stmt)
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"ANALYZE {table.name}"))  # the next step plans with the new rows counted
 
 
 def _step_of(conn: Connection, month: str) -> str | None:
@@ -114,8 +117,11 @@ def _bill_renewals(conn: Connection, month: str, now: datetime) -> None:
     query = select(due.c.application_number, due.c.customer_id, due.c.passport_id, due.c.provider_id,
                    due.c.content_id, literal(month), literal(month), due.c.quantity, due.c.amount,
                    literal(False), due.c.dedupe_key)
+    # renewals_due excludes what is billed already, so a rerun inserts nothing; the unique keys
+    # (subscription, month) and (Passport ID and content, month) still stand guard
     _insert(conn, charges, ["application_number", "customer_id", "passport_id", "provider_id", "content_id",
-                            "service_month", "billing_month", "quantity", "amount", "late", "dedupe_key"], query)
+                            "service_month", "billing_month", "quantity", "amount", "late", "dedupe_key"], query,
+            skip_existing=False)
 
 
 def _end_terms(conn: Connection, month: str, now: datetime) -> None:
@@ -172,20 +178,31 @@ def _publish(conn: Connection, month: str, now: datetime) -> None:
 
 
 def _export(engine: Engine, month: str, export_dir: Path) -> None:
-    """invoices-M.jsonl (one invoice a line) and invoices-M.csv (one item a row), atomically."""
+    """invoices-M.jsonl (one invoice a line) and invoices-M.csv (one item a row), written aside,
+    flushed, then renamed into place — streamed, so memory stays flat."""
     export_dir.mkdir(parents=True, exist_ok=True)
     jsonl, csv_path = export_dir / f"invoices-{month}.jsonl", export_dir / f"invoices-{month}.csv"
     tmp_jsonl, tmp_csv = jsonl.with_suffix(".jsonl.part"), csv_path.with_suffix(".csv.part")
-    with open(tmp_jsonl, "w", encoding="utf-8") as fj, open(tmp_csv, "w", encoding="utf-8", newline="") as fc:
+    ii, i = invoice_items.c, invoices.c
+    with engine.connect() as conn, open(tmp_jsonl, "w", encoding="utf-8") as fj, \
+            open(tmp_csv, "w", encoding="utf-8", newline="") as fc:
+        stream = conn.execution_options(stream_results=True, yield_per=5000)
+        j = SqlJson(conn.dialect.name)
+        for (doc,) in stream.execute(select(j.text(invoice_json(j, month))).where(i.month == month)
+                                     .order_by(i.billing_account)):
+            fj.write(doc.replace("\n", " ") + "\n")
         writer = csv.writer(fc)
         writer.writerow(["billing_account", "month", "title", "total", "provider_id", "provider_name",
                          "content_id", "content_name", "quantity", "amount"])
-        for inv in stored_invoices(engine, month):
-            fj.write(json.dumps(inv, ensure_ascii=False) + "\n")
-            for item in inv["items"]:
-                writer.writerow([inv["billing_account"], month, TITLE, inv["total"], item["provider_id"],
-                                 item["provider_name"], item["content_id"], item["content_name"],
-                                 item["quantity"], item["amount"]])
+        rows = select(ii.billing_account, ii.month, literal(TITLE), i.total, ii.provider_id, providers.c.name,
+                      ii.content_id, contents.c.name, ii.quantity, ii.amount
+                      ).join(invoices, and_(i.billing_account == ii.billing_account, i.month == ii.month)
+                      ).join(providers, providers.c.provider_id == ii.provider_id
+                      ).join(contents, and_(contents.c.provider_id == ii.provider_id,
+                                            contents.c.content_id == ii.content_id)
+                      ).where(ii.month == month).order_by(ii.billing_account, ii.provider_id, ii.content_id)
+        for batch in stream.execute(rows).partitions():
+            writer.writerows(batch)
         for f in (fj, fc):
             f.flush()
             os.fsync(f.fileno())

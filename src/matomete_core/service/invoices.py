@@ -23,12 +23,14 @@ TITLE = "フレッツ・まとめて支払い料金"
 def invoiced_accounts(month: str, customer_id: str | None = None) -> Select:
     """Each line's invoiced account for ``month``: its billing account from the latest change
     effective by then — or, for an おまとめ member, its representative's."""
-    lb = line_billing.alias("lb")
-    latest = select(func.max(line_billing.c.from_month)).where(
-        line_billing.c.customer_id == lb.c.customer_id, line_billing.c.from_month <= month).scalar_subquery()
-    stmt = select(lb.c.customer_id, func.coalesce(lb.c.omatome_representative, lb.c.billing_account).label("account"),
-                  lb.c.billing_account).where(lb.c.from_month == latest)
-    return stmt if customer_id is None else stmt.where(lb.c.customer_id == customer_id)
+    lb = line_billing.c
+    latest = select(lb.customer_id, func.max(lb.from_month).label("from_month")).where(lb.from_month <= month)
+    if customer_id is not None:
+        latest = latest.where(lb.customer_id == customer_id)
+    latest = latest.group_by(lb.customer_id).subquery()
+    return select(lb.customer_id, func.coalesce(lb.omatome_representative, lb.billing_account).label("account"),
+                  lb.billing_account).join(latest, and_(latest.c.customer_id == lb.customer_id,
+                                                         latest.c.from_month == lb.from_month))
 
 
 def items_select(j: SqlJson, month: str, account) -> Select:  # noqa: ANN001
