@@ -211,6 +211,10 @@ outbox = Table(
     Column("body", Text, nullable=False),
     Column("created_at", AwareDateTime(), nullable=False),
     Column("published_at", AwareDateTime()),
+    # a batch row stands for many messages the relay builds as it goes (see adapters.relay):
+    # 'renewal_charges' or 'invoices' of the month in `body`; `cursor` is how far it got
+    Column("batch", String(32)),
+    Column("cursor", String(64)),
     Index("ix_outbox_unpublished", "id", postgresql_where=text("published_at IS NULL"),
           sqlite_where=text("published_at IS NULL")),
 )
