@@ -64,9 +64,11 @@ def decide(task: Task, args: tuple, kwargs: dict) -> dict:
 
 
 def inbound(name: str):  # noqa: ANN201
-    """The house task decorator: a stable name, late acks, the bus."""
+    """The house task decorator: a stable name, late acks, the bus, secrets hidden from Celery's
+    logs and events (workers.requests)."""
     def register(fn):  # noqa: ANN001, ANN202
-        @app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True)
+        @app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True,
+                  Request="workers.requests:RedactedRequest")
         def task(self, *args, **kwargs):  # noqa: ANN001, ANN202
             return decide(self, args, kwargs)
         task.__doc__ = fn.__doc__

@@ -16,7 +16,8 @@ It claims the message in the inbox (sender ``order-system``), locks the line, as
   ``new_billing_account`` from the effective month — or from the first open month when that one is
   already closed; earlier months stay where they were. It keeps the line's おまとめ representative,
   except ``individual_billing``, which clears it. Two changes effective in one month: the later
-  effective time wins, whatever order they arrive in.
+  effective time wins, whatever order they arrive in. On a terminated line such a change is still
+  recorded (its last month may still bill) but revives nothing.
 """
 
 from __future__ import annotations
