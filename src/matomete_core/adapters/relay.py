@@ -1,12 +1,14 @@
 """The outbox relay: publishes outbox rows with kombu, then marks them published.
 
 At least once: a relay killed between publishing and marking publishes again, with the same
-``event_id``. Several relays may run (after each decision, and from beat); on PostgreSQL they
+``event_id``. A batch row (month close's renewal charges, its invoices) is expanded chunk by chunk
+and keeps its place in ``cursor``. Several relays may run (after each decision, and from beat); on PostgreSQL they
 skip each other's rows (``FOR UPDATE SKIP LOCKED``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime
 
@@ -14,6 +16,7 @@ from kombu import Connection as KombuConnection, Exchange, Queue
 from sqlalchemy import Engine, select, update
 
 from matomete_core.adapters.tables import outbox
+from matomete_core.service.outbox import expand
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +41,23 @@ class KombuPublisher:
         self._conn.release()
 
 
-def relay(engine: Engine, publisher, *, now: datetime, batch: int = 200) -> int:  # noqa: ANN001
-    """Publish every unpublished outbox row, oldest first; returns how many were published."""
+def relay(engine: Engine, publisher, *, now: datetime, batch: int = 500) -> int:  # noqa: ANN001
+    """Publish every unpublished outbox row, oldest first, then expand batch rows chunk by chunk;
+    returns how many messages were published."""
+    return _relay_rows(engine, publisher, now, batch) + _relay_batches(engine, publisher, now, batch)
+
+
+def _locked(conn, stmt):  # noqa: ANN001, ANN202
+    return stmt.with_for_update(skip_locked=True) if conn.dialect.name == "postgresql" else stmt
+
+
+def _relay_rows(engine: Engine, publisher, now: datetime, batch: int) -> int:  # noqa: ANN001
     total = 0
     while True:
         with engine.begin() as conn:
-            stmt = select(outbox.c.id, outbox.c.queue, outbox.c.body, outbox.c.event_id).where(
-                outbox.c.published_at.is_(None)).order_by(outbox.c.id).limit(batch)
-            if conn.dialect.name == "postgresql":
-                stmt = stmt.with_for_update(skip_locked=True)
-            rows = conn.execute(stmt).all()
+            rows = conn.execute(_locked(conn, select(outbox.c.id, outbox.c.queue, outbox.c.body, outbox.c.event_id)
+                                        .where(outbox.c.published_at.is_(None), outbox.c.batch.is_(None))
+                                        .order_by(outbox.c.id).limit(batch))).all()
             for row in rows:
                 publisher.publish(row.queue, row.body, row.event_id)
             if rows:
@@ -55,3 +65,23 @@ def relay(engine: Engine, publisher, *, now: datetime, batch: int = 200) -> int:
         total += len(rows)
         if len(rows) < batch:
             return total
+
+
+def _relay_batches(engine: Engine, publisher, now: datetime, batch: int) -> int:  # noqa: ANN001
+    """Each chunk is published, then the row's cursor moves on, in one transaction: a relay killed
+    in between publishes the chunk again — the same event ids, never a gap."""
+    total = 0
+    while True:
+        with engine.begin() as conn:
+            row = conn.execute(_locked(conn, select(outbox.c.id, outbox.c.queue, outbox.c.body, outbox.c.batch,
+                                                    outbox.c.cursor)
+                                       .where(outbox.c.published_at.is_(None), outbox.c.batch.is_not(None))
+                                       .order_by(outbox.c.id).limit(1))).first()
+            if row is None:
+                return total
+            events, cursor = expand(conn, row.batch, json.loads(row.body), row.cursor, limit=batch)
+            for event_id, body in events:
+                publisher.publish(row.queue, body, event_id)
+            done = {"cursor": cursor} if events else {"published_at": now}
+            conn.execute(update(outbox).where(outbox.c.id == row.id).values(**done))
+        total += len(events)

@@ -8,7 +8,7 @@ no duplicate charge:
   renewals   every subscription billable in M without a charge for it gets one  (subscription, month)
   terms      subscriptions whose term ends with M end; their providers are told   (event id)
   invoices   one invoice per invoiced account, items by provider and content       (account, month)
-  published  a `charge` per renewal and an `invoice` per invoice, via the outbox   (event id)
+  published  a `charge` per renewal, an `invoice` per invoice: outbox batch rows    (event id)
   exported   invoices-M.jsonl and invoices-M.csv, written aside and renamed
   closed
 
@@ -25,18 +25,18 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 
-from sqlalchemy import Connection, Engine, and_, exists, func, literal, select, text, true, update
+from sqlalchemy import Connection, Engine, and_, func, literal, select, text, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from matomete_core.adapters.database import release_close_lock, seize_month, try_close_lock
+from matomete_core.adapters.database import insert_ignore, release_close_lock, seize_month, try_close_lock
 from matomete_core.adapters.tables import (
     billing_months, charges, contents, invoice_items, invoices, outbox, providers, purchases)
 from matomete_core.calendar import add_months, month_start
 from matomete_core.errors import MatometeError, MonthNotEnded
 from matomete_core.rules.purchase import MONTHLY_FLAT
-from matomete_core.service import billing
+from matomete_core.service import billing, outbox as outbox_svc
 from matomete_core.service.months import mark_closing
-from matomete_core.service.invoices import TITLE, invoice_json, invoiced_accounts
+from matomete_core.service.invoices import TITLE, invoiced_accounts
 from matomete_core.service.sqljson import SqlJson
 
 STEPS = ("closing", "renewals", "terms", "invoices", "published", "exported", "closed")
@@ -153,56 +153,43 @@ def _make_invoices(conn: Connection, month: str, now: datetime) -> None:
 
 
 def _publish(conn: Connection, month: str, now: datetime) -> None:
-    j = SqlJson(conn.dialect.name)
-    created = literal(now, type_=outbox.c.created_at.type)
-    # a `charge` for every renewal billed by this close
-    c, p = charges.c, purchases.c
-    acct = invoiced_accounts(month).subquery()
-    event_id = literal("charge-") + j.text(c.id)
-    body = j.obj(type=literal("charge"), event_id=event_id, application_number=j.text(c.application_number),
-                 customer_id=c.customer_id, billing_account=acct.c.billing_account, passport_id=c.passport_id,
-                 provider_id=c.provider_id, content_id=c.content_id, month=c.billing_month, quantity=c.quantity,
-                 amount=c.amount, late=j.boolean(c.late))
-    renewal = exists().where(p.application_number == c.application_number, p.start_month < month)
-    _insert(conn, outbox, ["event_id", "queue", "body", "created_at"],
-            select(event_id, literal("billing-records"), j.text(body), created)
-            .join(acct, acct.c.customer_id == c.customer_id)
-            .where(c.billing_month == month, c.service_month == month, renewal))
-    # an `invoice` for every invoice
-    i = invoices.c
-    invoice_event = literal(f"invoice-{month}-") + i.billing_account
-    _insert(conn, outbox, ["event_id", "queue", "body", "created_at"],
-            select(invoice_event, literal("billing-records"),
-                   j.text(invoice_json(j, month, type=literal("invoice"), event_id=invoice_event)), created)
-            .where(i.month == month))
+    """A `charge` for every renewal this close billed and an `invoice` for every invoice: two
+    outbox batch rows, which the relay expands (see service.outbox.expand)."""
+    for kind in (outbox_svc.RENEWAL_CHARGES, outbox_svc.INVOICES):
+        insert_ignore(conn, outbox, **outbox_svc.batch_row(kind, month, now=now))
 
 
 def _export(engine: Engine, month: str, export_dir: Path) -> None:
-    """invoices-M.jsonl (one invoice a line) and invoices-M.csv (one item a row), written aside,
-    flushed, then renamed into place — streamed, so memory stays flat."""
+    """invoices-M.jsonl (one invoice a line) and invoices-M.csv (one item a row), from one ordered
+    stream of the month's items; written aside, flushed, then renamed — memory stays flat."""
     export_dir.mkdir(parents=True, exist_ok=True)
     jsonl, csv_path = export_dir / f"invoices-{month}.jsonl", export_dir / f"invoices-{month}.csv"
     tmp_jsonl, tmp_csv = jsonl.with_suffix(".jsonl.part"), csv_path.with_suffix(".csv.part")
     ii, i = invoice_items.c, invoices.c
+    rows = select(ii.billing_account, i.total, ii.provider_id, providers.c.name, ii.content_id, contents.c.name,
+                  ii.quantity, ii.amount
+                  ).join(invoices, and_(i.billing_account == ii.billing_account, i.month == ii.month)
+                  ).join(providers, providers.c.provider_id == ii.provider_id
+                  ).join(contents, and_(contents.c.provider_id == ii.provider_id, contents.c.content_id == ii.content_id)
+                  ).where(ii.month == month).order_by(ii.billing_account, ii.provider_id, ii.content_id)
     with engine.connect() as conn, open(tmp_jsonl, "w", encoding="utf-8") as fj, \
             open(tmp_csv, "w", encoding="utf-8", newline="") as fc:
-        stream = conn.execution_options(stream_results=True, yield_per=5000)
-        j = SqlJson(conn.dialect.name)
-        for (doc,) in stream.execute(select(j.text(invoice_json(j, month))).where(i.month == month)
-                                     .order_by(i.billing_account)):
-            fj.write(doc.replace("\n", " ") + "\n")
         writer = csv.writer(fc)
         writer.writerow(["billing_account", "month", "title", "total", "provider_id", "provider_name",
                          "content_id", "content_name", "quantity", "amount"])
-        rows = select(ii.billing_account, ii.month, literal(TITLE), i.total, ii.provider_id, providers.c.name,
-                      ii.content_id, contents.c.name, ii.quantity, ii.amount
-                      ).join(invoices, and_(i.billing_account == ii.billing_account, i.month == ii.month)
-                      ).join(providers, providers.c.provider_id == ii.provider_id
-                      ).join(contents, and_(contents.c.provider_id == ii.provider_id,
-                                            contents.c.content_id == ii.content_id)
-                      ).where(ii.month == month).order_by(ii.billing_account, ii.provider_id, ii.content_id)
-        for batch in stream.execute(rows).partitions():
-            writer.writerows(batch)
+        current: dict | None = None
+        for batch in conn.execution_options(stream_results=True, yield_per=10_000).execute(rows).partitions():
+            for account, total, pid, pname, cid, cname, qty, amount in batch:
+                if current is None or current["billing_account"] != account:
+                    if current is not None:
+                        fj.write(json.dumps(current, ensure_ascii=False) + "\n")
+                    current = {"billing_account": account, "month": month, "title": TITLE, "total": total,
+                               "items": []}
+                current["items"].append({"provider_id": pid, "provider_name": pname, "content_id": cid,
+                                         "content_name": cname, "quantity": qty, "amount": amount})
+                writer.writerow((account, month, TITLE, total, pid, pname, cid, cname, qty, amount))
+        if current is not None:
+            fj.write(json.dumps(current, ensure_ascii=False) + "\n")
         for f in (fj, fc):
             f.flush()
             os.fsync(f.fileno())

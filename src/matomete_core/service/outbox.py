@@ -9,10 +9,14 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel
-from sqlalchemy import Connection, insert
+import json
+from typing import Any
 
-from matomete_core.adapters.tables import outbox
+from pydantic import BaseModel
+from sqlalchemy import Connection, exists, insert, literal, select
+
+from matomete_core.adapters.tables import charges, invoices, outbox, purchases
+from matomete_core.messages import ChargeRecord
 
 BILLING_RECORDS = "billing-records"
 
@@ -35,3 +39,53 @@ def emit_many(conn: Connection, rows: list[tuple[str, BaseModel]], *, now: datet
     if rows:
         conn.execute(insert(outbox), [
             {"event_id": e.event_id, "queue": q, "body": e.model_dump_json(), "created_at": now} for q, e in rows])
+
+
+# ---- batches: one row, many messages, built as the relay goes --------------------------------
+
+RENEWAL_CHARGES, INVOICES = "renewal_charges", "invoices"
+
+
+def batch_row(kind: str, month: str, *, now: datetime) -> dict[str, Any]:
+    return {"event_id": f"{kind}-{month}", "queue": BILLING_RECORDS, "body": json.dumps({"month": month}),
+            "batch": kind, "created_at": now}
+
+
+def expand(conn: Connection, kind: str, spec: dict, cursor: str | None, *, limit: int) -> tuple[list[tuple[str, str]], str | None]:
+    """The next ``limit`` messages of a batch after ``cursor``: [(event_id, body)], new cursor."""
+    return _EXPANDERS[kind](conn, spec["month"], cursor, limit)
+
+
+def _renewal_charges(conn: Connection, month: str, cursor: str | None, limit: int):  # noqa: ANN202
+    from matomete_core.service.invoices import invoiced_accounts
+
+    c, p = charges.c, purchases.c
+    acct = invoiced_accounts(month).subquery()
+    rows = conn.execute(
+        select(c.id, c.application_number, c.customer_id, acct.c.billing_account, c.passport_id, c.provider_id,
+               c.content_id, c.billing_month, c.quantity, c.amount, c.late)
+        .join(acct, acct.c.customer_id == c.customer_id)
+        .where(c.billing_month == month, c.service_month == month, c.id > int(cursor or 0),
+               exists().where(p.application_number == c.application_number, p.start_month < month))
+        .order_by(c.id).limit(limit)).all()
+    events = [(f"charge-{r.id}", ChargeRecord(
+        event_id=f"charge-{r.id}", application_number=str(r.application_number), customer_id=r.customer_id,
+        billing_account=r.billing_account, passport_id=r.passport_id, provider_id=r.provider_id,
+        content_id=r.content_id, month=r.billing_month, quantity=r.quantity, amount=r.amount, late=r.late,
+    ).model_dump_json()) for r in rows]
+    return events, str(rows[-1].id) if rows else cursor
+
+
+def _invoices(conn: Connection, month: str, cursor: str | None, limit: int):  # noqa: ANN202
+    from matomete_core.service.invoices import invoice_json
+    from matomete_core.service.sqljson import SqlJson
+
+    j, i = SqlJson(conn.dialect.name), invoices.c
+    event_id = literal(f"invoice-{month}-") + i.billing_account
+    rows = conn.execute(
+        select(i.billing_account, event_id, j.text(invoice_json(j, month, type=literal("invoice"), event_id=event_id)))
+        .where(i.month == month, i.billing_account > (cursor or "")).order_by(i.billing_account).limit(limit)).all()
+    return [(r[1], r[2]) for r in rows], rows[-1][0] if rows else cursor
+
+
+_EXPANDERS = {RENEWAL_CHARGES: _renewal_charges, INVOICES: _invoices}

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from matomete_core.adapters.database import insert_ignore, lock_line, lock_order, share_month
 from matomete_core.adapters.tables import (
-    charges, contents, held_cancels, inbox, lines, line_billing, passport_ids, purchases)
+    charges, contents, held_cancels, inbox, line_billing, passport_ids, purchases)
 from matomete_core.calendar import billing_month, last_billable_month
 from matomete_core.messages import Cancel, ChargeRecord, ChargeVoided, Decision, DecisionEvent, Purchase
 from matomete_core.reasons import Reason
