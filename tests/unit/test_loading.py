@@ -138,8 +138,9 @@ def test_loading_the_same_lines_twice_changes_nothing_but_the_salt(deps, tmp_pat
     assert all(access_key_matches(ACCESS_KEYS[c], h) for c, h in stored.items())
 
 
-def test_a_changed_line_is_updated_on_reload_and_the_counts_stay(deps, tmp_path):
+def test_a_reload_updates_the_operators_fields_but_keeps_the_customers_limits(deps, tmp_path):
     # given the lines with a new line limit, a new billing account and user02's limit raised
+    # (limits and restrictions are the customer's once the line exists: self-service sets them)
     before = counts(deps)
     changed = copy.deepcopy(LINES)
     changed["lines"][0]["line_limit"] = 20000
@@ -155,7 +156,7 @@ def test_a_changed_line_is_updated_on_reload_and_the_counts_stay(deps, tmp_path)
         account = conn.execute(select(line_billing.c.billing_account).where(
             line_billing.c.customer_id == "CAF0000012573")).scalar_one()
         own = conn.execute(select(passport_ids.c.limit).where(passport_ids.c.passport_id == "user02")).scalar_one()
-    assert (limit, account, own) == (20000, "06-9999-0000", 3000)
+    assert (limit, account, own) == (10000, "06-9999-0000", 1000)
     assert counts(deps) == before
 
 

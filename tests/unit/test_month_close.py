@@ -248,3 +248,27 @@ def test_each_billing_account_gets_its_own_invoice_with_only_its_items(deps, pro
     relay(deps.engine, deps.publisher, now=CLOSE_AT["2026-08"])
     published = {b["billing_account"]: b["total"] for b in deps.publisher.bodies("billing-records") if b["type"] == "invoice"}
     assert published == {"03-0000-0002": 600, "06-1234-5678": 525}
+
+
+def test_a_relay_killed_while_expanding_a_close_republishes_the_chunk_never_a_gap(deps, provider, close):
+    from matomete_core.testing import FakePublisher
+    for pid in ("user01", "user03"):
+        for content in ("anime1", "anime2", "pack"):
+            provider.buy(pid, content, jst("2026-07-10 10:00"))
+    close("2026-07")
+    relay(deps.engine, deps.publisher, now=CLOSE_AT["2026-07"])
+    close("2026-08")  # six renewals
+
+    class Dies(FakePublisher):
+        def publish(self, queue, body, event_id):  # noqa: ANN001, ANN201
+            if len(self.published) == 4:
+                raise ConnectionError("relay killed")
+            super().publish(queue, body, event_id)
+
+    dying, survivor = Dies(), FakePublisher()
+    with pytest.raises(ConnectionError):
+        relay(deps.engine, dying, now=CLOSE_AT["2026-08"], batch=3)
+    relay(deps.engine, survivor, now=CLOSE_AT["2026-08"], batch=3)
+    seen = [b["event_id"] for b in dying.bodies("billing-records") + survivor.bodies("billing-records")
+            if b["type"] == "charge"]
+    assert len(set(seen)) == 6 and len(seen) > 6  # duplicates, same ids, no gap

@@ -75,13 +75,14 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def upsert(conn: Connection, table, rows: list[dict[str, Any]], keys: list[str]) -> None:  # noqa: ANN001
-    """INSERT … ON CONFLICT (keys) DO UPDATE every other given column."""
+def upsert(conn: Connection, table, rows: list[dict[str, Any]], keys: list[str],  # noqa: ANN001
+           insert_only: frozenset[str] = frozenset()) -> None:
+    """INSERT … ON CONFLICT (keys) DO UPDATE every other given column but ``insert_only`` ones."""
     if not rows:
         return
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(table)
-    update_cols = {c: getattr(stmt.excluded, c) for c in rows[0] if c not in keys}
+    update_cols = {c: getattr(stmt.excluded, c) for c in rows[0] if c not in keys and c not in insert_only}
     stmt = stmt.on_conflict_do_update(index_elements=keys, set_=update_cols) if update_cols \
         else stmt.on_conflict_do_nothing(index_elements=keys)
     conn.execute(stmt, rows)

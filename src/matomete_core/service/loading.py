@@ -1,7 +1,8 @@
 """``matomete catalog load`` and ``matomete lines load``: idempotent upserts of operator files.
 
 A bad file changes nothing and raises InvalidFile with one line naming the record and the field.
-Access keys are hashed (scrypt) and signing secrets encrypted before anything is stored.
+Access keys are hashed (scrypt) and signing secrets encrypted before anything is stored. Limits
+and restrictions are the customer's once a line or ID exists: a reload does not undo them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from matomete_core.messages import BillingAccount, ContentId, CustomerId, Passpo
 from matomete_core.security import SecretBox, hash_access_key
 
 BASE_MONTH = "0000-00"  # a line's billing account from its load on, until a billing-number change
+# what the customer controls once a line or ID exists: a reload of the operator's file keeps it
+CUSTOMER_SETTINGS = frozenset({"line_limit", "restricted", "limit"})
 
 
 class _Record(BaseModel):
@@ -152,7 +155,7 @@ def load_lines(engine: Engine, settings: Settings, path: str | Path) -> dict[str
                 "customer_id": line.customer_id, "access_service": line.access_service,
                 "access_key_hash": hash_access_key(line.access_key.get_secret_value()),
                 "line_limit": settings.default_line_limit if line.line_limit is None else line.line_limit,
-                "restricted": line.restricted}], ["customer_id"])
+                "restricted": line.restricted}], ["customer_id"], insert_only=CUSTOMER_SETTINGS)
             upsert(conn, line_billing, [{
                 "customer_id": line.customer_id, "from_month": BASE_MONTH,
                 "billing_account": line.billing_account,
@@ -160,5 +163,5 @@ def load_lines(engine: Engine, settings: Settings, path: str | Path) -> dict[str
             upsert(conn, passport_ids, [{
                 "passport_id": p.passport_id, "customer_id": line.customer_id, "status": p.status,
                 "limit": p.limit, "restricted": p.restricted, "registered_at": p.registered_at,
-            } for p in line.passport_ids], ["passport_id"])
+            } for p in line.passport_ids], ["passport_id"], insert_only=CUSTOMER_SETTINGS)
     return {"lines": len(data.lines), "passport_ids": len(owner)}
