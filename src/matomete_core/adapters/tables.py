@@ -230,5 +230,8 @@ quarantine = Table(
     Column("body_hash", String(64), nullable=False),
     Column("received_at", AwareDateTime(), nullable=False),
     Column("message", Text, nullable=False),  # redacted of every secret
+    # `matomete quarantine replay`: when the message was decided again, and that decision
+    Column("replayed_at", AwareDateTime()),
+    Column("replay_decision", JSON),
     UniqueConstraint("task", "reason", "body_hash"),
 )
