@@ -138,9 +138,18 @@ CELERY_PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, 
 @cli.command(context_settings=CELERY_PASSTHROUGH)
 @click.pass_context
 def worker(ctx: click.Context) -> None:
-    """Run a worker on all inbound queues (extra options go to celery worker)."""
+    """Run a worker on all inbound queues, serving metrics on MATOMETE_METRICS_PORT (default 9808)
+    (extra options go to celery worker)."""
+    from workers import multiproc
+
+    multiproc.prepare()  # before prometheus_client is imported: it picks its mode then
+    from workers import metrics
     from workers.app import HOUSEKEEPING_QUEUE, INBOUND_QUEUES, app
 
+    try:
+        metrics.enable()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     queues = ",".join((*INBOUND_QUEUES, HOUSEKEEPING_QUEUE))
     app.worker_main(["worker", "-Q", queues, *ctx.args])
 
@@ -347,4 +356,4 @@ def demo(as_json: bool) -> None:
     """An end-to-end run on the embedded default: SQLite and an in-process broker, no servers."""
     from workers.demo import run
 
-    run(as_json=as_json, console=console)
+    run(as_json=as_json, console=console if console.is_terminal else Console(width=120))
