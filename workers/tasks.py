@@ -7,6 +7,7 @@ the bus. Transient database errors are retried with backoff, never turned into a
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timezone
 from functools import lru_cache
 
@@ -17,6 +18,7 @@ from matomete_core.adapters.relay import KombuPublisher, relay
 from matomete_core.config import Settings
 from matomete_core.service import bus, close, housekeeping
 from matomete_core.service.deps import Deps, bootstrap
+from workers import metrics
 from workers.app import app
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ def decide(task: Task, args: tuple, kwargs: dict) -> dict:
     """Decide one message. Transient errors retry with backoff for as long as they last; any other
     failure retries a few times, then the message is quarantined — never dropped."""
     d = deps()
+    started = time.monotonic()
     attempt = task.request.retries or 0
     try:
         decision = bus.handle(d, task.name, args, kwargs, now=_now())
@@ -59,6 +62,7 @@ def decide(task: Task, args: tuple, kwargs: dict) -> dict:
             log.exception("handling failed (attempt %s of %s)", attempt + 1, MAX_ATTEMPTS)
             raise task.retry(exc=exc, countdown=countdown, max_retries=MAX_ATTEMPTS) from None
         decision = bus.quarantine_failure(d, task.name, args, kwargs, exc, MAX_ATTEMPTS, now=_now())
+    metrics.observe_decision(task.name, decision, time.monotonic() - started)
     _relay_quietly(d)
     return decision
 
@@ -131,7 +135,7 @@ def close_due_months() -> list[dict]:
     d = deps()
     try:
         closed = close.close_due_months(d.engine, now=_now(), close_hour=d.settings.close_hour,
-                                        export_dir=d.settings.export_dir)
+                                        export_dir=d.settings.export_dir, progress=metrics.MonthCloseTimer())
     except close.CloseInProgress:
         return []
     _relay_quietly(d)

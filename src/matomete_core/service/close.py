@@ -22,6 +22,7 @@ import csv
 import json
 import os
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -223,6 +224,9 @@ def months_due(engine: Engine, *, now: datetime, close_hour: int) -> list[str]:
     return due
 
 
-def close_due_months(engine: Engine, *, now: datetime, close_hour: int, export_dir: str | Path) -> list[dict]:
-    return [close_month(engine, m, now=now, export_dir=export_dir)
+def close_due_months(engine: Engine, *, now: datetime, close_hour: int, export_dir: str | Path,
+                     progress: Callable[[str, str, int, int], None] | None = None) -> list[dict]:
+    """Close every month due; ``progress(month, step, done, total)`` as ``close_month``'s, with the month."""
+    return [close_month(engine, m, now=now, export_dir=export_dir,
+                        progress=None if progress is None else partial(progress, m))
             for m in months_due(engine, now=now, close_hour=close_hour)]
