@@ -22,11 +22,20 @@ log = logging.getLogger(__name__)
 MAX_STORED = 64 * 1024
 
 
+def _storable(text: str) -> str:
+    """``text`` with every lone surrogate and NUL replaced by U+FFFD. JSON can carry both
+    (``"\\ud800"``, ``"\\u0000"``, in a value or in a key that a validation detail names): Python
+    decodes a lone surrogate into a str no database driver encodes as UTF-8, and PostgreSQL
+    refuses NUL in text."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").replace("\x00", "\ufffd")
+
+
 def _safe_json(body: Any) -> str:
     try:
         text = json.dumps(redact(body), ensure_ascii=False, sort_keys=True, default=repr)
     except (ValueError, RecursionError):
         text = json.dumps(repr(type(body)))
+    text = _storable(text)
     return text if len(text) <= MAX_STORED else json.dumps({"truncated": text[:MAX_STORED]}, ensure_ascii=False)
 
 
@@ -40,7 +49,7 @@ def quarantine_message(engine: Engine, *, task: str, reason: Quarantine, detail:
                        now: datetime, sender: str | None = None, tell_provider: bool = False) -> Decision:
     """Keep the message, redacted; ``tell_provider`` (an authenticated sender) also queues the
     decision on its ``provider-results`` queue."""
-    stored = _safe_json(body)
+    stored, detail = _safe_json(body), _storable(detail)
     mid = message_id_of(body)
     decision = Decision(message_id=mid, status="quarantined", reason=reason.value)
     with engine.begin() as conn:
