@@ -4,9 +4,30 @@ Reliability: tasks are acknowledged late (after the decision has committed) and 
 the queue when a worker process dies mid-task; a message a worker took but never acknowledged
 comes back after the Redis visibility timeout. Task time limits stay below that timeout so a
 slow task is never delivered twice while it still runs.
+
+Everything time-bound follows from one setting, ``MATOMETE_VISIBILITY_TIMEOUT`` = V seconds
+(default 90; see ``timings``):
+
+* a pool process killed mid-task: Celery rejects its message with requeue (reject_on_worker_lost):
+  kombu puts it back at the end of its queue, where it is taken after what was queued before it;
+* a whole worker killed (SIGKILL, OOM, a lost host): its unacknowledged messages — the running
+  ones and the prefetched ones — sit in Redis' ``unacked`` hash. kombu 5.7 gives them back when a
+  consuming worker's sweep (``restore_visible``) finds them older than V: one sweep when a
+  worker's consumer starts, then one every ``unacked_restore_interval`` ×
+  ``unacked_restore_throttle`` seconds — by kombu's defaults 10 × 10 = 100 s, here every R s
+  (throttle 1). So in-flight work comes back within V + R seconds (90 + 5 = 95 s by default,
+  under 2 minutes) once any worker runs. A worker killed while it held the sweep's mutex
+  delays the others' sweeps until the mutex expires (here V/6 s, kombu's default is 300 s);
+* the hard time limit is ⅔ V (60 s by default), the soft one a little less, so a task still
+  running is never handed out again;
+* a retry's countdown stays under V/3 (30 s by default): a retry waits in its worker unacknowledged,
+  and a countdown longer than V would have Redis hand it out again while it waits, doubling it on
+  every retry of a long outage.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from celery import Celery
 from celery.schedules import crontab
@@ -16,8 +37,28 @@ from matomete_core.config import Settings
 
 INBOUND_QUEUES = ("provider-events", "line-changes", "customer-commands")
 HOUSEKEEPING_QUEUE = "matomete-housekeeping"
-VISIBILITY_TIMEOUT_S = 90
-TASK_TIME_LIMIT_S = 60
+
+
+@dataclass(frozen=True)
+class Timings:
+    """The reliability settings that follow from the visibility timeout (seconds; see above)."""
+
+    visibility_timeout: int
+    time_limit: int
+    soft_time_limit: int
+    restore_interval: int
+    restore_mutex_expire: int
+    max_retry_backoff: int
+
+
+def timings(visibility_timeout: int) -> Timings:
+    time_limit = min(60, visibility_timeout * 2 // 3)
+    return Timings(visibility_timeout=visibility_timeout, time_limit=time_limit,
+                   soft_time_limit=time_limit - max(1, time_limit // 6),
+                   restore_interval=max(1, min(5, visibility_timeout // 10)),
+                   restore_mutex_expire=max(5, visibility_timeout // 6),
+                   max_retry_backoff=max(1, min(30, visibility_timeout // 3)))
+
 
 ROUTES = {
     "matomete.purchase": "provider-events",
@@ -36,14 +77,18 @@ ROUTES = {
 def create_app(settings: Settings) -> Celery:
     app = Celery("matomete", broker=settings.broker_url, backend=settings.result_backend,
                  include=["workers.tasks"])
+    t = timings(settings.visibility_timeout)
     app.conf.update(
         task_serializer="json", accept_content=["json"], result_serializer="json",
         result_expires=24 * 3600, result_extended=False,
         task_acks_late=True, task_reject_on_worker_lost=True, task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
-        task_time_limit=TASK_TIME_LIMIT_S, task_soft_time_limit=TASK_TIME_LIMIT_S - 10,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
-        result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        task_time_limit=t.time_limit, task_soft_time_limit=t.soft_time_limit,
+        broker_transport_options={"visibility_timeout": t.visibility_timeout,
+                                  "unacked_restore_interval": t.restore_interval,
+                                  "unacked_restore_throttle": 1,
+                                  "unacked_mutex_expire": t.restore_mutex_expire},
+        result_backend_transport_options={"visibility_timeout": t.visibility_timeout},
         broker_connection_retry_on_startup=True,
         task_queues=[Queue(q, routing_key=q) for q in (*INBOUND_QUEUES, HOUSEKEEPING_QUEUE)],
         task_routes={name: {"queue": queue} for name, queue in ROUTES.items()},
@@ -64,4 +109,8 @@ def create_app(settings: Settings) -> Celery:
     return app
 
 
-app = create_app(Settings.from_env())
+_settings = Settings.from_env()
+app = create_app(_settings)
+TIMINGS = timings(_settings.visibility_timeout)
+VISIBILITY_TIMEOUT_S = TIMINGS.visibility_timeout
+TASK_TIME_LIMIT_S = TIMINGS.time_limit

@@ -19,10 +19,10 @@ from matomete_core.config import Settings
 from matomete_core.service import bus, close, housekeeping
 from matomete_core.service.deps import Deps, bootstrap
 from workers import metrics
-from workers.app import app
+from workers.app import TIMINGS, app
 
 log = logging.getLogger(__name__)
-MAX_BACKOFF_S = 30
+MAX_BACKOFF_S = TIMINGS.max_retry_backoff  # under the visibility timeout: see workers/app.py
 MAX_ATTEMPTS = 4  # of a message whose handling fails for a reason that is not transient
 
 

@@ -13,8 +13,12 @@
 | MATOMETE_REGISTRATION_CUTOFF  | 2024-12-01T00:00:00+09:00       |
 | MATOMETE_CLOSE_HOUR           | 3 (JST, on the 1st)             |
 | MATOMETE_HOLD_HOURS           | 24                              |
+| MATOMETE_VISIBILITY_TIMEOUT   | 90 (seconds, at least 10)       |
 
 MATOMETE_SECRET_KEY is the key that encrypts providers' signing secrets at rest (a Fernet key).
+MATOMETE_VISIBILITY_TIMEOUT is how long a message a worker took but never acknowledged (its
+worker died) stays invisible before Redis hands it out again; the task time limits and retry
+backoff are derived from it (workers/app.py).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class Settings:
     registration_cutoff: datetime = datetime.fromisoformat("2024-12-01T00:00:00+09:00")
     close_hour: int = 3
     hold: timedelta = timedelta(hours=24)
+    visibility_timeout: int = 90
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -58,4 +63,15 @@ class Settings:
                 _env("MATOMETE_REGISTRATION_CUTOFF", cls.registration_cutoff.isoformat())),
             close_hour=int(_env("MATOMETE_CLOSE_HOUR", str(cls.close_hour))),
             hold=timedelta(hours=float(_env("MATOMETE_HOLD_HOURS", "24"))),
+            visibility_timeout=_visibility_timeout(_env("MATOMETE_VISIBILITY_TIMEOUT", str(cls.visibility_timeout))),
         )
+
+
+MIN_VISIBILITY_TIMEOUT = 10
+
+
+def _visibility_timeout(text: str) -> int:
+    seconds = int(text)
+    if seconds < MIN_VISIBILITY_TIMEOUT:
+        raise ValueError(f"MATOMETE_VISIBILITY_TIMEOUT={seconds}: at least {MIN_VISIBILITY_TIMEOUT} seconds")
+    return seconds
