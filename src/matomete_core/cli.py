@@ -143,9 +143,10 @@ def worker(ctx: click.Context) -> None:
     from workers import multiproc
 
     multiproc.prepare()  # before prometheus_client is imported: it picks its mode then
-    from workers import metrics
+    from workers import logging as json_logs, metrics
     from workers.app import HOUSEKEEPING_QUEUE, INBOUND_QUEUES, app
 
+    json_logs.install()
     try:
         metrics.enable()
     except ValueError as exc:
@@ -158,8 +159,10 @@ def worker(ctx: click.Context) -> None:
 @click.pass_context
 def beat(ctx: click.Context) -> None:
     """Run the schedule: outbox relay, held-cancel expiry (extra options go to celery beat)."""
+    from workers import logging as json_logs
     from workers.app import app
 
+    json_logs.install()
     app.start(["beat", *ctx.args])
 
 

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from pydantic import ValidationError
 from sqlalchemy import Connection, select
 
+from matomete_core import logcontext
 from matomete_core.adapters.tables import providers
 from matomete_core.messages import (
     INBOUND, Cancel, Decision, LineChange, Purchase, RegisterPassportId, SetLimits, SetRestriction,
@@ -58,9 +59,12 @@ def _validation_detail(exc: ValidationError) -> str:
 
 
 def handle(deps: Deps, task: str, args: tuple | list, kwargs: dict, *, now: datetime) -> dict:
-    decision = _decide(deps, task, args, kwargs, now)
-    log.info("decided", extra={"task": task, "message_id": decision.message_id, "status": decision.status,
-                               "reason": decision.reason, "application_number": decision.application_number})
+    # every log line while deciding carries the message's identifiers (logcontext)
+    with logcontext.scope(**logcontext.about(args[0] if len(args) == 1 else None)):
+        decision = _decide(deps, task, args, kwargs, now)
+        logcontext.bind(application_number=decision.application_number)
+        log.info("decided", extra={"task": task, "message_id": decision.message_id, "status": decision.status,
+                                   "reason": decision.reason, "application_number": decision.application_number})
     return decision.model_dump(mode="json")
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from matomete_core.adapters.database import insert_ignore, lock_line, lock_order, share_month
 from matomete_core.adapters.tables import (
     charges, contents, held_cancels, inbox, line_billing, passport_ids, purchases)
+from matomete_core import logcontext
 from matomete_core.calendar import billing_month, last_billable_month
 from matomete_core.messages import Cancel, ChargeRecord, ChargeVoided, Decision, DecisionEvent, Purchase
 from matomete_core.reasons import Reason
@@ -73,6 +74,7 @@ def _load_holder(conn: Connection, passport_id: str) -> Holder | None:
         passport_ids.c.passport_id == passport_id)).scalar()
     if customer_id is None:
         return None
+    logcontext.bind(customer_id=customer_id)
     line = lock_line(conn, customer_id)
     pid = conn.execute(select(passport_ids).where(passport_ids.c.passport_id == passport_id)).mappings().one()
     return Holder(passport_id=passport_id, customer_id=customer_id, status=pid["status"],
@@ -196,6 +198,7 @@ def _purchase_was_refused(conn: Connection, provider_id: str, order_id: str) -> 
 
 def _apply_cancel(conn: Connection, row, message_id: str, at: datetime, now: datetime) -> Decision:  # noqa: ANN001
     lock_line(conn, row["customer_id"])
+    logcontext.bind(customer_id=row["customer_id"])
     number = row["application_number"]
     charge = None
     if row["price_type"] != MONTHLY_FLAT:
