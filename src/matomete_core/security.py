@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -89,8 +90,14 @@ class SecretBox:
         return self._fernet.encrypt(json.dumps(secrets).encode("utf-8")).decode("ascii")
 
     def open(self, sealed: str) -> list[str]:
+        """The secrets of a sealed value; memoized by the sealed text, so a re-sealed (rotated)
+        value is decrypted anew and nothing goes stale."""
+        return list(self._open(sealed))
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 — one SecretBox per process, bounded
+    def _open(self, sealed: str) -> tuple[str, ...]:
         try:
-            return json.loads(self._fernet.decrypt(sealed.encode("ascii")))
+            return tuple(json.loads(self._fernet.decrypt(sealed.encode("ascii"))))
         except InvalidToken as exc:
             raise ValueError("signing secrets cannot be decrypted: wrong MATOMETE_SECRET_KEY?") from exc
 

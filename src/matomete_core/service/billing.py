@@ -8,12 +8,14 @@ invoice preview all read this one definition.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Select, exists, func, literal, or_, select, union_all
+from functools import lru_cache
+
+from sqlalchemy import Connection, Select, bindparam, exists, func, literal, or_, select, union_all
 
 from matomete_core.adapters.tables import charges, purchases
 from matomete_core.rules.purchase import MONTHLY_FLAT
 
-__all__ = ["month_lines", "usage", "dedupe_key"]
+__all__ = ["month_lines", "usage", "line_usage", "dedupe_key"]
 
 
 def dedupe_key(passport_id: str, provider_id: str, content_id: str) -> str:
@@ -71,3 +73,16 @@ def month_is_billed_for(conn: Connection, key: str, month: str) -> bool:
     running = exists().where(p.dedupe_key == key, p.start_month <= month,
                              or_(p.last_month.is_(None), p.last_month >= month))
     return bool(conn.execute(select(or_(charged, running))).scalar())
+
+
+@lru_cache(maxsize=1)
+def _usage_by_passport() -> Select:
+    """Built once: an open month's lines of one line, summed per Passport ID."""
+    lines = month_lines(bindparam("month"), open_month=True, customer_id=bindparam("customer_id")).subquery()
+    return select(lines.c.passport_id, func.sum(lines.c.amount)).group_by(lines.c.passport_id)
+
+
+def line_usage(conn: Connection, month: str, customer_id: str) -> dict[str, int]:
+    """Usage of an open month per Passport ID of the line, in one query; the line's is the sum."""
+    rows = conn.execute(_usage_by_passport(), {"month": month, "customer_id": customer_id})
+    return {pid: int(amount) for pid, amount in rows}

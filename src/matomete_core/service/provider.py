@@ -115,11 +115,9 @@ def _decide_purchase(conn: Connection, msg: Purchase, now: datetime) -> tuple[De
                 added += content.unit_price  # the first open month's own renewal comes due too
         else:
             subscribed, added = None, content.unit_price * msg.quantity
-        open_month = True
-        return Usage(already_subscribed=subscribed is not None,
-                     passport_usage=billing.usage(conn, month, open_month=open_month, passport_id=msg.passport_id),
-                     line_usage=billing.usage(conn, month, open_month=open_month, customer_id=holder.customer_id),
-                     added=added)
+        by_passport = billing.line_usage(conn, month, holder.customer_id)
+        return Usage(already_subscribed=subscribed is not None, passport_usage=by_passport.get(msg.passport_id, 0),
+                     line_usage=sum(by_passport.values()), added=added)
 
     verdict = decide_purchase(provider_id=msg.provider_id, content_id=msg.content_id, quantity=msg.quantity,
                               unit_price=msg.unit_price, content=content, holder=holder, usage=usage)

@@ -1,0 +1,235 @@
+"""Benchmark: the decision path next to Celery's own ceiling, on this machine's Redis and PostgreSQL.
+
+    python ops/bench/decisions.py [--messages N | --quick] [--workers W] [--concurrency C]
+
+1. baseline: N no-op tasks (``matomete.noop``: same app, queue and settings), sent from a
+   separate process with a bare Celery client, drained end to end by ``matomete worker``;
+2. the real thing: N signed purchases for N/10 Passport IDs on N/20 lines, sent the same way and
+   decided by the same workers (counted in the inbox);
+3. latency: purchases offered at half the measured decision rate; send-to-decision time from the
+   sender's clock to the result's ``date_done``.
+
+Prints a table and a final JSON line: ``baseline_per_s, decisions_per_s, ratio, p50_ms, p95_ms,
+p99_ms``. A script, not a test: compare ratios measured in one run, not seconds across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+SECRET = "bench-secret-PA"
+
+
+# ---- the sender: a separate process, a bare Celery client, no project imports ----------------------
+
+def _sign(message: dict) -> str:
+    body = json.dumps(message, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+
+
+def send(broker: str, kind: str, n: int, offset: int, rate: float, out: str, passports: int) -> None:
+    from celery import Celery
+
+    client = Celery(broker=broker, backend=broker)
+    client.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    at = (datetime.now(timezone(timedelta(hours=9))) - timedelta(seconds=30)).isoformat(timespec="seconds")
+    sent = []
+    started = time.perf_counter()
+    with client.producer_or_acquire() as producer:
+        for i in range(offset, offset + n):
+            if rate:
+                delay = started + (i - offset) / rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            if kind == "noop":
+                args, name = [{"n": i}], "matomete.noop"
+            else:
+                msg = {"message_id": f"bench-{i}", "occurred_at": at, "provider_id": "PA", "order_id": f"o-{i}",
+                       "passport_id": f"bench{i % passports + 1}", "content_id": "coin", "quantity": 1}
+                msg["signature"] = _sign(msg)
+                args, name = [msg], "matomete.purchase"
+            result = client.send_task(name, args=args, queue="provider-events", producer=producer)
+            sent.append((result.id, time.time()))
+    Path(out).write_text(json.dumps(sent))
+
+
+# ---- the harness -------------------------------------------------------------------------------
+
+def _sender(env: dict, kind: str, n: int, offset: int, rate: float, passports: int) -> list[tuple[str, float]]:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = f.name
+    subprocess.run([sys.executable, __file__, "--send", kind, "--n", str(n), "--offset", str(offset),
+                    "--rate", str(rate), "--out", out, "--passports", str(passports)], env=env, check=True)
+    sent = json.loads(Path(out).read_text())
+    os.unlink(out)
+    return sent
+
+
+def _done_times(redis_url: str, ids: list[str], timeout: float) -> list[float]:
+    """Wait until every task has a result; return each result's date_done (epoch seconds)."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    deadline = time.time() + timeout
+    pending = list(ids)
+    done: dict[str, float] = {}
+    while pending and time.time() < deadline:
+        still = []
+        for chunk in range(0, len(pending), 5000):
+            part = pending[chunk:chunk + 5000]
+            for tid, raw in zip(part, r.mget([f"celery-task-meta-{t}" for t in part])):
+                if raw is None:
+                    still.append(tid)
+                else:
+                    meta = json.loads(raw)
+                    done[tid] = datetime.fromisoformat(meta["date_done"]).replace(tzinfo=timezone.utc).timestamp() \
+                        if "+" not in meta["date_done"] else datetime.fromisoformat(meta["date_done"]).timestamp()
+        pending = still
+        if pending:
+            time.sleep(0.1)
+    if pending:
+        raise SystemExit(f"{len(pending)} of {len(ids)} tasks got no result in {timeout:.0f}s")
+    return [done[t] for t in ids]
+
+
+def _drain(env: dict, redis_url: str, kind: str, n: int, offset: int, passports: int) -> float:
+    """Messages per second, first send to last result."""
+    sent = _sender(env, kind, n, offset, 0, passports)
+    finished = _done_times(redis_url, [t for t, _ in sent], timeout=max(120, n / 50))
+    return n / (max(finished) - sent[0][1])
+
+
+def _setup(pg_url: str, n: int, env: dict) -> None:
+    from sqlalchemy import text
+
+    from matomete_core.adapters.database import make_engine
+    from matomete_core.adapters.migrate import upgrade
+    from matomete_core.config import Settings
+    from matomete_core.security import SecretBox
+
+    upgrade(pg_url)
+    engine = make_engine(pg_url)
+    box = SecretBox.from_settings(env["MATOMETE_SECRET_KEY"], "unused")
+    lines, passports = max(1, n // 20), max(1, n // 10)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO providers (provider_id, name, signing_secrets, active) VALUES ('PA', 'A社', :s, true)"),
+                     {"s": box.seal([SECRET])})
+        conn.execute(text("INSERT INTO contents VALUES ('PA', 'coin', 'コイン', 'per_use', 10, NULL)"))
+        conn.execute(text("INSERT INTO lines (customer_id, access_service, access_key_hash, line_limit) "
+                          "SELECT 'CAF' || lpad(i::text, 10, '0'), 'hikari_next', 'bench', :limit "
+                          "FROM generate_series(1, :l) i"), {"l": lines, "limit": Settings().max_line_limit})
+        conn.execute(text("INSERT INTO line_billing (customer_id, from_month, billing_account) "
+                          "SELECT 'CAF' || lpad(i::text, 10, '0'), '0000-00', '00' || lpad(i::text, 8, '0') "
+                          "FROM generate_series(1, :l) i"), {"l": lines})
+        conn.execute(text("INSERT INTO passport_ids (passport_id, customer_id, status) "
+                          "SELECT 'bench' || i, 'CAF' || lpad(((i - 1) % :l + 1)::text, 10, '0'), 'registered' "
+                          "FROM generate_series(1, :p) i"), {"p": passports, "l": lines})
+    engine.dispose()
+
+
+def _count_decided(pg_url: str) -> tuple[int, int]:
+    from sqlalchemy import text
+
+    from matomete_core.adapters.database import make_engine
+
+    engine = make_engine(pg_url)
+    with engine.connect() as conn:
+        decided = conn.execute(text("SELECT count(*) FROM inbox")).scalar_one()
+        charged = conn.execute(text("SELECT count(*) FROM charges")).scalar_one()
+    engine.dispose()
+    return decided, charged
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--messages", type=int, default=20_000)
+    p.add_argument("--quick", action="store_true", help="2,000 messages")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (matomete worker)")
+    p.add_argument("--concurrency", type=int, default=None, help="pool processes per worker")
+    p.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    p.add_argument("--redis", default="redis://127.0.0.1:6379/11")
+    p.add_argument("--send", help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--offset", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--rate", type=float, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--passports", type=int, default=1, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.send:
+        return send(os.environ["MATOMETE_BROKER_URL"], args.send, args.n, args.offset, args.rate, args.out,
+                    args.passports)
+    n = 2_000 if args.quick else args.messages
+    passports = max(1, n // 10)
+
+    import psycopg
+    import redis
+    from cryptography.fernet import Fernet
+
+    redis.Redis.from_url(args.redis).flushdb()
+    name = f"bench_decide_{secrets.token_hex(4)}"
+    with psycopg.connect(args.pg_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    pg_url = f"{args.pg_url.rsplit('/', 1)[0]}/{name}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MATOMETE_")}
+    env.update(MATOMETE_DATABASE_URL=pg_url, MATOMETE_BROKER_URL=args.redis, MATOMETE_RESULT_BACKEND=args.redis,
+               MATOMETE_SECRET_KEY=Fernet.generate_key().decode(), PYTHONUNBUFFERED="1")
+    workers, logs = [], tempfile.mkdtemp(prefix="bench-decisions-")
+    try:
+        _setup(pg_url, n, env)
+        for w in range(args.workers):
+            cmd = ["matomete", "worker", "--loglevel=WARNING", f"--hostname=bench{w}@%h", "--without-heartbeat",
+                   "--without-gossip", "--without-mingle"]
+            if args.concurrency:
+                cmd.append(f"--concurrency={args.concurrency}")
+            log = open(Path(logs) / f"worker{w}.log", "w")
+            workers.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
+        _done_times(args.redis, [t for t, _ in _sender(env, "noop", 20, 10**9, 0, passports)], timeout=120)
+        baseline = _drain(env, args.redis, "noop", n, 0, passports)
+        decisions = _drain(env, args.redis, "purchase", n, 0, passports)
+        decided, charged = _count_decided(pg_url)
+        offered = decisions / 2
+        m = max(200, min(n // 2, int(offered * 20)))
+        sent = _sender(env, "purchase", m, n, offered, passports)
+        latencies = sorted((d - s) * 1000 for (_, s), d in zip(sent, _done_times(args.redis, [t for t, _ in sent],
+                                                                                   timeout=max(120, m / 20))))
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            try:
+                w.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                w.kill()
+        with psycopg.connect(args.pg_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    def pct(q: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1)
+
+    report = {"messages": n, "workers": args.workers, "baseline_per_s": round(baseline), "decisions_per_s": round(decisions),
+              "ratio": round(decisions / baseline, 3), "offered_per_s": round(offered), "latency_messages": m,
+              "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "mean_ms": round(statistics.mean(latencies), 1),
+              "decided": decided, "charges": charged}
+    print(f"{'':<34}{'per s':>10}", file=sys.stderr)
+    print(f"{'no-op task (Celery ceiling)':<34}{report['baseline_per_s']:>10}", file=sys.stderr)
+    print(f"{'purchase decisions':<34}{report['decisions_per_s']:>10}", file=sys.stderr)
+    print(f"ratio {report['ratio']}; latency at {report['offered_per_s']}/s: p50 {report['p50_ms']} ms, "
+          f"p95 {report['p95_ms']} ms, p99 {report['p99_ms']} ms; decided {decided} (expected {n + m}), "
+          f"charges {charged}; worker logs in {logs}", file=sys.stderr)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
