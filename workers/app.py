@@ -76,7 +76,7 @@ ROUTES = {
 
 def create_app(settings: Settings) -> Celery:
     app = Celery("matomete", broker=settings.broker_url, backend=settings.result_backend,
-                 include=["workers.tasks"])
+                 include=["workers.tasks", "workers.probe"])
     t = timings(settings.visibility_timeout)
     app.conf.update(
         task_serializer="json", accept_content=["json"], result_serializer="json",
