@@ -249,17 +249,49 @@ def quarantine_group() -> None:
 
 
 @quarantine_group.command("list")
+@click.option("--replayed", is_flag=True, help="also the messages replayed already")
 @click.option("--json", "as_json", is_flag=True)
 @one_line_errors
-def quarantine_list(as_json: bool) -> None:
-    """The quarantined messages, redacted of secrets."""
+def quarantine_list(replayed: bool, as_json: bool) -> None:
+    """The quarantined messages waiting for an operator, redacted of secrets."""
     from matomete_core.service.quarantine import list_quarantined
 
-    messages = list_quarantined(_deps().engine)
+    messages = list_quarantined(_deps().engine, replayed=replayed)
     if as_json:
         return _print_json({"messages": messages})
-    _table("quarantine", ["id", "task", "reason", "detail", "received_at"],
-           [[m["id"], m["task"], m["reason"], m["detail"], m["received_at"]] for m in messages])
+    _table("quarantine", ["id", "task", "reason", "detail", "received_at", *(["replayed_at"] if replayed else [])],
+           [[m["id"], m["task"], m["reason"], m["detail"], m["received_at"], *([m["replayed_at"]] if replayed else [])]
+            for m in messages])
+
+
+@quarantine_group.command("replay")
+@click.argument("entry", metavar="ID", type=int)
+@click.option("--message", "message_file", type=click.Path(dir_okay=False),
+              help="the corrected message (JSON), e.g. signed again by its provider")
+@click.option("--json", "as_json", is_flag=True)
+@one_line_errors
+def quarantine_replay(entry: int, message_file: str | None, as_json: bool) -> None:
+    """Decide a quarantined message again through the bus; exits 1 if it is quarantined again."""
+    from matomete_core.service.replay import replay
+
+    message = None
+    if message_file is not None:
+        try:
+            with open(message_file, encoding="utf-8") as f:
+                message = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise click.BadParameter(f"{message_file}: not a JSON message ({exc})", param_hint="--message")
+    decision = replay(_deps(), entry, now=_now(), message=message)
+    if as_json:
+        _print_json(decision)
+    else:
+        facts = ", ".join(f"{k} {decision[k]}" for k in ("reason", "application_number", "billing_month")
+                          if decision.get(k))
+        click.echo(f"quarantined message {entry} replayed: {decision['status']}" + (f" ({facts})" if facts else "")
+                   + (", decided before" if decision.get("replayed") else ""))
+    if decision["status"] == "quarantined":
+        click.echo(f"matomete: still quarantined ({decision['reason']}): see `matomete quarantine list`", err=True)
+        sys.exit(1)
 
 
 @cli.command("close-month")

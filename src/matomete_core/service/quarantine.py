@@ -63,8 +63,13 @@ def quarantine_message(engine: Engine, *, task: str, reason: Quarantine, detail:
     return decision
 
 
-def list_quarantined(engine: Engine) -> list[dict[str, Any]]:
+def list_quarantined(engine: Engine, *, replayed: bool = False) -> list[dict[str, Any]]:
+    """The messages waiting for an operator; ``replayed`` adds those replayed already, each with
+    ``replayed_at`` and ``replay_decision``."""
+    stmt = select(quarantine).order_by(quarantine.c.id)
     with engine.connect() as conn:
-        rows = conn.execute(select(quarantine).order_by(quarantine.c.id)).mappings().all()
+        rows = conn.execute(stmt if replayed else stmt.where(quarantine.c.replayed_at.is_(None))).mappings().all()
     return [{"id": r["id"], "task": r["task"], "reason": r["reason"], "detail": r["detail"],
-             "received_at": r["received_at"].isoformat(), "message": json.loads(r["message"])} for r in rows]
+             "received_at": r["received_at"].isoformat(), "message": json.loads(r["message"]),
+             **({"replayed_at": r["replayed_at"] and r["replayed_at"].isoformat(),
+                 "replay_decision": r["replay_decision"]} if replayed else {})} for r in rows]
