@@ -71,7 +71,9 @@ def inbound(name: str):  # noqa: ANN201
     """The house task decorator: a stable name, late acks, the bus, secrets hidden from Celery's
     logs and events (workers.requests)."""
     def register(fn):  # noqa: ANN001, ANN202
-        @app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True,
+        # max_retries=None: retry(max_retries=None) means "the task's limit", and Celery's default
+        # limit (3) would fail — and so drop — a message after a few seconds of database outage
+        @app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None,
                   Request="workers.requests:RedactedRequest")
         def task(self, *args, **kwargs):  # noqa: ANN001, ANN202
             return decide(self, args, kwargs)
