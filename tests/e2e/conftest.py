@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -322,8 +323,15 @@ def _environment(database_url: str, broker_url: str, export_dir: Path) -> dict[s
         "MATOMETE_SECRET_KEY": Fernet.generate_key().decode("ascii"),
         "MATOMETE_EXPORT_DIR": str(export_dir),
         "PYTHONUNBUFFERED": "1",
+        "MATOMETE_METRICS_PORT": str(_free_port()),  # never the default 9808 another run may hold
     })
     return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _bare_client(broker_url: str, backend_url: str) -> Celery:
