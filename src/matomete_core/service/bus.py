@@ -27,6 +27,7 @@ from matomete_core.reasons import Quarantine
 from matomete_core.security import signature_matches
 from matomete_core.service import customer, line, provider
 from matomete_core.service.deps import Deps
+from matomete_core.service.inbox import Conflict
 from matomete_core.service.quarantine import quarantine_message
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def _decide(deps: Deps, task: str, args: tuple | list, kwargs: dict, now: dateti
     try:
         with deps.engine.begin() as conn:
             return handler(conn, msg, body, now, **_injected(handler, deps))
-    except provider.Conflict:
+    except Conflict:
         return quarantined(Quarantine.MESSAGE_ID_CONFLICT,
                            f"message_id={msg.message_id} was decided before with other content", sender,
                            authenticated=True)

@@ -31,7 +31,6 @@ from matomete_core.rules.restriction import decide_restriction
 from matomete_core.rules.verdict import Verdict
 from matomete_core.security import access_key_matches
 from matomete_core.service import inbox as inbox_svc
-from matomete_core.service.provider import Conflict
 
 __all__ = ["handle_set_restriction", "handle_set_limits", "handle_register_passport_id",
            "handle_update_registration", "without_access_key"]
@@ -47,8 +46,6 @@ def without_access_key(body: Mapping[str, Any]) -> dict[str, Any]:
 def _command(conn: Connection, msg: Any, body: dict, now: datetime, decide: Decide) -> Decision:
     claim = inbox_svc.claim(conn, sender=msg.customer_id, message_id=msg.message_id, task=msg.task,
                             body=without_access_key(body), now=now)
-    if claim.conflict:
-        raise Conflict()
     if claim.replay is not None:
         return claim.replay
     verdict = _authenticated(conn, msg, now, decide)

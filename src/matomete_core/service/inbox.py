@@ -25,15 +25,19 @@ def content_hash(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_bytes(body)).hexdigest()
 
 
+class Conflict(Exception):
+    """The message id was decided before with other content: for quarantine, not a decision."""
+
+
 @dataclass(frozen=True)
 class Claim:
     inbox_id: int | None = None
     replay: Decision | None = None
-    conflict: bool = False
 
 
 def claim(conn: Connection, *, sender: str, message_id: str, task: str, body: Mapping[str, Any],
           now: datetime, order_id: str | None = None) -> Claim:
+    """A new claim (its inbox row), or the first decision to replay; raises Conflict."""
     digest = content_hash(body)
     new_id = insert_ignore(conn, inbox, sender=sender, message_id=message_id, task=task,
                            content_hash=digest, order_id=order_id, received_at=now)
@@ -42,7 +46,7 @@ def claim(conn: Connection, *, sender: str, message_id: str, task: str, body: Ma
     row = conn.execute(select(inbox.c.content_hash, inbox.c.task, inbox.c.decision).where(
         inbox.c.sender == sender, inbox.c.message_id == message_id)).one()
     if row.content_hash != digest or row.task != task:
-        return Claim(conflict=True)
+        raise Conflict()
     return Claim(replay=Decision.model_validate(row.decision).model_copy(update={"replayed": True}))
 
 

@@ -36,7 +36,7 @@ from matomete_core.rules.line_change import TERMINATE, changes_access_service, e
 from matomete_core.rules.purchase import MONTHLY_FLAT
 from matomete_core.service import inbox as inbox_svc, outbox
 from matomete_core.service.months import first_open_month, is_open
-from matomete_core.service.provider import Conflict, billing_account_for
+from matomete_core.service.provider import billing_account_for
 
 __all__ = ["SENDER", "handle_line_change"]
 
@@ -45,8 +45,6 @@ SENDER = "order-system"
 
 def handle_line_change(conn: Connection, msg: LineChange, body: dict, now: datetime) -> Decision:
     claim = inbox_svc.claim(conn, sender=SENDER, message_id=msg.message_id, task=msg.task, body=body, now=now)
-    if claim.conflict:
-        raise Conflict()
     if claim.replay is not None:
         return claim.replay
     line = lock_line(conn, msg.customer_id)

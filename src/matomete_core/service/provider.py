@@ -26,10 +26,6 @@ from matomete_core.service.months import first_open_month, is_open
 __all__ = ["handle_purchase", "handle_cancel", "expire_held_cancels", "billing_account_for"]
 
 
-class Conflict(Exception):
-    """The message id was seen before with other content."""
-
-
 def _event(decision: Decision) -> DecisionEvent:
     return DecisionEvent(event_id=outbox.new_event_id(), **decision.model_dump())
 
@@ -51,8 +47,6 @@ def billing_account_for(conn: Connection, customer_id: str, month: str) -> str:
 def handle_purchase(conn: Connection, msg: Purchase, body: dict, now: datetime) -> Decision:
     claim = inbox_svc.claim(conn, sender=msg.provider_id, message_id=msg.message_id, task=msg.task,
                             body=body, now=now, order_id=msg.order_id)
-    if claim.conflict:
-        raise Conflict()
     if claim.replay is not None:
         return claim.replay
     lock_order(conn, msg.provider_id, msg.order_id)
@@ -164,8 +158,6 @@ def _accept(conn: Connection, msg: Purchase, content: Content, holder: Holder, s
 def handle_cancel(conn: Connection, msg: Cancel, body: dict, now: datetime) -> Decision:
     claim = inbox_svc.claim(conn, sender=msg.provider_id, message_id=msg.message_id, task=msg.task,
                             body=body, now=now, order_id=msg.order_id)
-    if claim.conflict:
-        raise Conflict()
     if claim.replay is not None:
         return claim.replay
     lock_order(conn, msg.provider_id, msg.order_id)
