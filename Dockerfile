@@ -19,5 +19,7 @@ RUN useradd --system --uid 10001 --user-group --create-home --home-dir /var/lib/
 USER matomete
 WORKDIR /var/lib/matomete
 ENV MATOMETE_EXPORT_DIR=/var/lib/matomete/exports
+# a worker's Prometheus metrics (MATOMETE_METRICS_PORT)
+EXPOSE 9808
 
 CMD ["matomete", "--help"]

@@ -189,3 +189,33 @@ def test_ci_runs_make_test_and_refuses_skipped_tests():
     text = (ROOT / ".ci/run").read_text(encoding="utf-8")
     assert re.search(r"^make test PYTEST_ARGS=.*--junitxml=", text, flags=re.MULTILINE)
     assert 'find("skipped")' in text
+
+
+def default_of(value: str) -> str:
+    """``${VAR:-default}`` → ``default``; anything else as it is."""
+    match = re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}", str(value))
+    return match.group(1) if match else str(value)
+
+
+def test_the_worker_exposes_its_metrics_port_and_is_healthy_when_it_answers_there(services):
+    from workers.metrics import DEFAULT_PORT
+
+    worker = services["worker"]
+    port = default_of(worker["environment"]["MATOMETE_METRICS_PORT"])
+    assert port == str(DEFAULT_PORT)
+    assert [default_of(p) for p in worker["expose"]] == [port]
+    assert "/metrics" in " ".join(worker["healthcheck"]["test"]) and "MATOMETE_METRICS_PORT" in " ".join(
+        worker["healthcheck"]["test"])
+
+
+def test_prometheus_scrapes_every_worker_replica_on_that_port_with_the_alert_rules(services):
+    yaml = pytest.importorskip("yaml", reason="PyYAML belongs in the [test] extras")
+    config = yaml.safe_load((ROOT / "ops/prometheus/prometheus.yml").read_text(encoding="utf-8"))
+    [job] = [j for j in config["scrape_configs"] if j["job_name"] == "matomete-worker"]
+    [sd] = job["dns_sd_configs"]
+    assert sd["names"] == ["worker"] and sd["type"] == "A"
+    assert str(sd["port"]) == default_of(services["worker"]["environment"]["MATOMETE_METRICS_PORT"])
+    assert config["rule_files"] == ["alerts.yml"]
+    prometheus = services["prometheus"]
+    assert "./ops/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    assert prometheus["profiles"] == ["monitoring"]
