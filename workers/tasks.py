@@ -131,7 +131,14 @@ def expire_held_cancels() -> int:
     return count
 
 
-@app.task(name="matomete.close_due_months", acks_late=False)
+# A close of a large month runs for minutes, far past the time limit of a message task (which must
+# stay under the visibility timeout only because those ack late). This one is acknowledged on
+# receipt, so a long limit is safe: a close cut short resumes at the next tick.
+CLOSE_TIME_LIMIT_S = 3 * 3600
+
+
+@app.task(name="matomete.close_due_months", acks_late=False,
+          time_limit=CLOSE_TIME_LIMIT_S, soft_time_limit=CLOSE_TIME_LIMIT_S - 60)
 def close_due_months() -> list[dict]:
     """Beat: close every month that is due (see service.close.months_due)."""
     d = deps()
