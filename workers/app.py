@@ -76,7 +76,8 @@ ROUTES = {
 
 def create_app(settings: Settings) -> Celery:
     app = Celery("matomete", broker=settings.broker_url, backend=settings.result_backend,
-                 include=["workers.tasks", "workers.probe"])
+                 include=["workers.tasks", "workers.probe"],
+                 task_cls="workers.requests:CheckedTask")  # a malformed message never stops a worker
     t = timings(settings.visibility_timeout)
     app.conf.update(
         task_serializer="json", accept_content=["json"], result_serializer="json",

@@ -5,21 +5,78 @@ log records (as their ``args`` and ``extra``), in the task events that Flower di
 arguments in ``inspect active/reserved``. Inbound messages carry access keys and signatures, so
 each inbound task's request replaces them with ``***`` (security.redact) before Celery uses them;
 the task itself still receives the message as sent.
+
+Malformed messages: Celery decodes a protocol-2 body in the worker's main process, and a body that
+decodes but is not ``[args, kwargs, embed]`` (``{}``, ``"hello"``, ``42``), or a message without an
+``id`` header, raised ValueError/TypeError/KeyError out of its strategy — "Unrecoverable error",
+and the worker stopped; the message went back to the queue and stopped the next worker too. The
+app's task class (``CheckedTask``, set in workers.app) checks every message first and turns such a
+message into an ``InvalidTaskError``, which Celery logs and discards, as it does a body it cannot
+decode at all. Neither reaches the bus, so neither is quarantined: there is no message to keep.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from celery import Task
+from celery.exceptions import InvalidTaskError
 from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
+from celery.worker.strategy import default as default_strategy
 
 from matomete_core.security import redact
 
-__all__ = ["RedactedRequest"]
+__all__ = ["RedactedRequest", "CheckedRequest", "CheckedTask", "checked_strategy", "require_protocol_2"]
 
 
-class RedactedRequest(Request):
+def require_protocol_2(message: Any) -> None:
+    """Raise InvalidTaskError unless ``message`` has an ``id`` header and a body of
+    ``[args (array), kwargs (object), embed (object or null)]``. (A body that cannot be decoded at
+    all raises kombu's DecodeError here, which Celery logs and discards.)"""
+    headers = message.headers
+    if not isinstance(headers, dict) or not isinstance(headers.get("id"), str):
+        raise InvalidTaskError("not a task message: no id header")
+    payload = message.payload
+    if not (isinstance(payload, (list, tuple)) and len(payload) == 3 and isinstance(payload[0], (list, tuple))
+            and isinstance(payload[1], dict) and (payload[2] is None or isinstance(payload[2], dict))):
+        raise InvalidTaskError(f"not a protocol 2 task message: the body is a {type(payload).__name__}, "
+                               "not [args, kwargs, embed]")
+
+
+def checked_strategy(task: Task, app: Any, consumer: Any, **kwargs: Any) -> Any:
+    """Celery's default strategy, after ``require_protocol_2`` (for protocol 2 messages, whose
+    body Celery has not decoded yet)."""
+    handle = default_strategy(task, app, consumer, **kwargs)
+
+    def task_message_handler(message: Any, body: Any, *args: Any, **kw: Any) -> Any:
+        if body is None:
+            require_protocol_2(message)
+        return handle(message, body, *args, **kw)
+
+    return task_message_handler
+
+
+class CheckedRequest(Request):
+    """Celery's request, but a message it cannot make sense of is an InvalidTaskError."""
+
+    __slots__ = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(*args, **kwargs)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise InvalidTaskError(f"malformed task message: {type(exc).__name__}") from exc
+
+
+class CheckedTask(Task):
+    """The app's task class: every task's messages are checked before Celery builds a request."""
+
+    Request = "workers.requests:CheckedRequest"
+    Strategy = "workers.requests:checked_strategy"
+
+
+class RedactedRequest(CheckedRequest):
     __slots__ = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
