@@ -52,3 +52,14 @@ def test_a_killed_close_resumes_to_the_same_invoices(pg_deps, pg_settings, tmp_p
         assert conn.execute(select(func.count()).select_from(charges)).scalar_one() == 3
     assert [i["total"] for i in stored_invoices(pg_deps.engine, "2026-08")] == [825]
     assert (tmp_path / "invoices-2026-08.jsonl").read_text(encoding="utf-8").count("\n") == 1
+
+
+def test_two_closes_at_once_cannot_both_run(pg_deps, tmp_path):
+    from matomete_core.adapters.database import release_close_lock, try_close_lock
+    from matomete_core.service.close import CloseInProgress
+    with pg_deps.engine.connect() as other_beat:
+        assert try_close_lock(other_beat)
+        with pytest.raises(CloseInProgress):
+            close_month(pg_deps.engine, "2026-08", now=jst("2026-09-01 03:00"), export_dir=tmp_path)
+        release_close_lock(other_beat)
+    assert close_month(pg_deps.engine, "2026-08", now=jst("2026-09-01 03:00"), export_dir=tmp_path)["status"] == "closed"
