@@ -1,0 +1,78 @@
+"""Redis restarted in the middle of a stream, on the dedicated server of this session.
+
+What the system guarantees about the broker (see also README, "Faults"):
+
+* The inbox is the record; a broker message is only the wake-up. A decision's inbox row is written
+  in the same transaction as its effects and outbound events, so a message received but not
+  finished leaves nothing behind in the database — there is nothing there for a sweeper to find.
+  Re-driving unfinished work is the broker's part: a message a worker took stays in Redis'
+  ``unacked`` hash until acknowledged, and kombu's sweep hands it out again after the visibility
+  timeout (workers/app.py). Outbound events are re-driven from the database: the outbox relay
+  (after each decision, and from beat every 10 s) publishes whatever is unpublished.
+* A queued message exists only in Redis. Redis must therefore run with an append-only file
+  (docker-compose.yml does: ``appendonly yes``, ``noeviction``); a restart then keeps every queued
+  and every unacknowledged message. With the default ``appendfsync everysec`` a crash of the
+  machine may lose up to the last second of writes; a restart (SIGTERM, as under ``docker
+  restart``) loses none. A Redis without persistence loses its whole queue on restart.
+* Senders re-send a message when they get no result (a publish that fails, or no decision within
+  their timeout) — with the same ``message_id``, so a copy that did arrive is replayed, not decided
+  twice. This test's sender does exactly that while Redis is down.
+
+Workers, beat and the relay's kombu connections reconnect by themselves.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from tests.faults.harness import Deployment, Flow, report, wait_until
+
+pytestmark = pytest.mark.faults
+
+VISIBILITY_S = 12
+DOWN_S = 3
+
+
+def waiting(d: Deployment) -> tuple[int, int]:
+    with redis.Redis.from_url(d.broker_url) as r:
+        return r.llen("provider-events"), r.hlen("unacked")
+
+
+def test_redis_restarted_mid_stream_keeps_its_queue_and_everything_is_decided_once(deployment, dedicated_redis):
+    # given a worker and beat, and 240 provider messages sent faster than they are decided
+    d: Deployment = deployment(MATOMETE_VISIBILITY_TIMEOUT=str(VISIBILITY_S))
+    d.start_worker("w1")
+    beat = d.start("beat", [d.matomete, "beat", "--loglevel=INFO", "-s", str(d.workdir / "beat-schedule")])
+    flow = Flow(d, "redis").build(240).start(pace=0.01)
+    wait_until(lambda: waiting(d)[0] >= 40 and flow.decided() >= 10, timeout=60,
+               message="a backlog on provider-events")
+
+    # when Redis is restarted (SIGTERM, down 3 s, started again on its append-only file)
+    queued_before = waiting(d)
+    decided_before = flow.decided()
+    down_at = time.monotonic()
+    dedicated_redis.stop()
+    time.sleep(DOWN_S)
+    dedicated_redis.start()
+    up_at = time.monotonic()
+    queued_after = waiting(d)
+    flow.join()
+
+    # then every message is decided, the queued ones included
+    done_at = flow.wait_decided(timeout=VISIBILITY_S + 120)
+    # and the relay (after decisions, and beat's) publishes everything without being asked
+    wait_until(lambda: d.sql("SELECT count(*) FROM outbox WHERE published_at IS NULL")[0][0] == 0,
+               timeout=60, message="the outbox to be relayed by the system itself")
+    outbound = flow.outbound_gaps(d.drain_outbound())
+    figures = flow.figures()
+    report("redis restarted", **figures, decided_before_restart=decided_before,
+           queued_and_unacked_before=list(queued_before), queued_and_unacked_after=list(queued_after),
+           down_s=round(up_at - down_at, 1), recovery_s=round(done_at - up_at, 1), outbound=outbound)
+    assert sum(queued_after) >= queued_before[0] - 5  # the backlog survived (a few may be consumed meanwhile)
+    assert figures["lost"] == 0 and figures["doubled"] == 0, figures
+    assert figures["not_as_expected"] == 0 and figures["quarantined"] == {}, figures
+    assert outbound["gaps"] == 0 and outbound["mismatched"] == 0, outbound
+    assert beat.poll() is None and d.processes["w1"].poll() is None  # both rode it out

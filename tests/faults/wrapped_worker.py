@@ -1,0 +1,65 @@
+"""`matomete` with one fault injected, for the fault suite: ``python wrapped_worker.py worker [options]``.
+
+The fault is chosen by ``MATOMETE_FAULTS_INJECT`` and patched in before the worker forks its pool:
+
+* ``slow-relay:FILE`` — after each outbound message is published, its event_id is appended to FILE
+  and the relay pauses 0.5 s before the next, so a test can SIGKILL the worker between publishing
+  and marking the outbox rows published.
+* ``poison`` — a purchase whose ``order_id`` starts with ``poison`` crashes its handler
+  (``RuntimeError``), every time it is delivered: a bug that only this message triggers.
+
+Everything else is the real `matomete` command line.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+
+
+def _slow_relay(path: str) -> None:
+    from matomete_core.adapters import relay
+
+    publish = relay.KombuPublisher.publish
+
+    @functools.wraps(publish)
+    def announced(self, queue: str, body: str, event_id: str) -> None:  # noqa: ANN001
+        publish(self, queue, body, event_id)
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(event_id + "\n")
+        time.sleep(0.5)
+
+    relay.KombuPublisher.publish = announced
+
+
+def _poison() -> None:
+    from matomete_core.service import bus
+
+    handler = bus.HANDLERS["matomete.purchase"]
+
+    @functools.wraps(handler)
+    def poisoned(conn, msg, body, now, **kw):  # noqa: ANN001, ANN003, ANN202
+        if msg.order_id.startswith("poison"):
+            raise RuntimeError("injected: this message crashes its handler every time")
+        return handler(conn, msg, body, now, **kw)
+
+    bus.HANDLERS["matomete.purchase"] = poisoned
+
+
+def main() -> None:
+    fault = os.environ.get("MATOMETE_FAULTS_INJECT", "")
+    if fault.startswith("slow-relay:"):
+        _slow_relay(fault.split(":", 1)[1])
+    elif fault == "poison":
+        _poison()
+    elif fault:
+        sys.exit(f"unknown MATOMETE_FAULTS_INJECT={fault!r}")
+    from matomete_core.cli import main as matomete
+
+    matomete(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()
