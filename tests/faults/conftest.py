@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import DedicatedPostgres, DedicatedRedis, Deployment
+from tests.faults.harness import Deployment
+from tests.faults.servers import DedicatedPostgres, DedicatedRedis
 from tests.unit.conftest import deps, provider, template_db  # noqa: F401 — the unit tier's fixtures
 
 

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from tests.faults.harness import Deployment, Flow, report, wait_until
+from tests.faults.flow import Flow
+from tests.faults.harness import Deployment, report, wait_until
 
 pytestmark = pytest.mark.faults
 

@@ -26,15 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import (
-    PROVIDER_SECRETS,
-    Deployment,
-    Flow,
-    occurred_at,
-    report,
-    sign,
-    wait_until,
-)
+from tests.faults.flow import Flow
+from tests.faults.harness import PROVIDER_SECRETS, Deployment, occurred_at, report, sign, wait_until
 
 pytestmark = pytest.mark.faults
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from matomete_core.service import bus
 from matomete_core.service.quarantine import list_quarantined
 from tests.unit.conftest import jst
