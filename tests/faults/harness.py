@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -36,7 +37,7 @@ from cryptography.fernet import Fernet
 from tests.faults.servers import group_alive, kill_group, run, stop_group, tail
 from tests.support.services import WaitTimeout, wait_until
 
-__all__ = ["CATALOG", "JST", "OUTBOUND_QUEUES", "PROVIDER_SECRETS", "REPORT_DEFAULT", "Deployment", "WaitTimeout",
+__all__ = ["CATALOG", "JST", "OUTBOUND_QUEUES", "PROVIDER_SECRETS", "REPORT_DEFAULT", "Deployment", "Tally", "WaitTimeout",
            "bare_client", "lines_file", "occurred_at", "passport_id", "report", "sign", "wait_until"]
 
 JST = timezone(timedelta(hours=9), "JST")
@@ -107,6 +108,21 @@ def report_path() -> Path:
 
 
 SESSION = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}"  # groups the lines of one run
+
+
+class Tally:
+    """Figures a property-based test adds up over its examples, to be reported once (`report_all`)."""
+
+    def __init__(self) -> None:
+        self.tests: dict[str, Counter[str]] = {}
+
+    def add(self, test: str, **figures: int) -> None:
+        self.tests.setdefault(test, Counter()).update(figures)
+
+    def report_all(self) -> None:
+        for test, figures in self.tests.items():
+            report(test, **{"lost": 0, "doubled": 0, **figures})
+        self.tests.clear()
 
 
 def report(test: str, **figures: Any) -> dict[str, Any]:

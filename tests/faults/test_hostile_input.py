@@ -36,7 +36,7 @@ from matomete_core.service import bus
 from matomete_core.service.deps import Deps, bootstrap
 from matomete_core.service.loading import load_catalog, load_lines
 from matomete_core.testing import FakePublisher, signed
-from tests.faults.harness import report
+from tests.faults.harness import Tally, report
 from tests.unit.conftest import CATALOG, LINES, SECRETS
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -104,6 +104,15 @@ def corpus() -> list[tuple[str, tuple, dict]]:
 
 
 CORPUS = corpus()
+
+
+TALLY = Tally()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_the_properties():  # noqa: ANN202
+    yield
+    TALLY.report_all()
 
 
 def contained(decision: Any) -> None:
@@ -228,8 +237,10 @@ def hostile_call(draw) -> tuple[str, list, dict]:  # noqa: ANN001
 @example(call=("matomete.cancel", [{**valid("matomete.cancel"), "order_id": "x" * 1_000_000}], {}))
 def test_any_arguments_to_any_task_end_in_a_decision_or_a_quarantine_entry(deps, call):
     task, args, kwargs = call
+    TALLY.add("hostile input (hypothesis, any arguments)", examples=1, sent=1)
     decision = bus.handle(deps, task, args, kwargs, now=NOW)
     contained(decision)
+    TALLY.add("hostile input (hypothesis, any arguments)", decided=1, quarantined=decision["status"] == "quarantined")
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -240,6 +251,8 @@ def test_no_hostile_message_leaves_a_secret_in_the_database(deps, calls):
         contained(bus.handle(deps, task, args, kwargs, now=NOW))
         signatures_in(args, signatures)
     assert_no_secret_stored(deps, signatures)
+    TALLY.add("hostile input (hypothesis, secrets)", examples=1, sent=len(calls), decided=len(calls),
+              signatures_checked=len(signatures))
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -27,7 +27,14 @@ from pathlib import Path
 import pytest
 
 from tests.faults.flow import Flow
-from tests.faults.harness import PROVIDER_SECRETS, Deployment, occurred_at, report, sign, wait_until
+from tests.faults.harness import (
+    PROVIDER_SECRETS,
+    Deployment,
+    occurred_at,
+    report,
+    sign,
+    wait_until,
+)
 
 pytestmark = pytest.mark.faults
 

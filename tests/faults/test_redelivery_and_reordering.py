@@ -35,7 +35,7 @@ from matomete_core.service.deps import Deps, bootstrap
 from matomete_core.service.invoices import stored_invoices
 from matomete_core.service.loading import load_catalog, load_lines
 from matomete_core.testing import FakePublisher, jst, over_the_wire, signed
-from tests.faults.harness import report
+from tests.faults.harness import Tally, report
 from tests.unit.conftest import CATALOG, LINES, SECRETS
 
 MONTHS = ("2026-08", "2026-09")
@@ -120,6 +120,15 @@ def deliver(template: Path, workdir: Path, deliveries: list[int]) -> Outcome:
         d.engine.dispose()
 
 
+TALLY = Tally()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_the_properties():  # noqa: ANN202
+    yield
+    TALLY.report_all()
+
+
 @pytest.fixture(scope="session")
 def in_order(loaded_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     return deliver(loaded_template, tmp_path_factory.mktemp("in-order"), list(range(len(SCENARIO))))
@@ -150,6 +159,10 @@ def test_every_message_delivered_twice_in_any_order_bills_the_same_invoices(load
     # when the months close
     outcome = deliver(loaded_template, workdir, order)
     shutil.rmtree(workdir, ignore_errors=True)
+    charges = sum(outcome.billing_records.values()) - sum(in_order.billing_records.values())
+    TALLY.add("redelivered and reordered (hypothesis)", examples=1, sent=len(SCENARIO), delivered=len(order),
+              decided=sum(outcome.decisions.values()), lost=max(0, -charges), doubled=max(0, charges),
+              invoices_differ=outcome.invoices != in_order.invoices)
     # then the invoices, the final decisions and the billing records are those of the ordered run
     assert outcome.invoices == in_order.invoices
     assert outcome.decisions == in_order.decisions
