@@ -128,10 +128,13 @@ def test_the_worker_logs_one_json_object_a_line_with_the_messages_identifiers_an
     assert line["customer_id"] == OPS_LINE
     assert line["application_number"] == decision["application_number"]
     assert line["task"] == "matomete.purchase" and line["task_id"]
-    about = [json.loads(raw) for raw in system.logs["worker"].read_text(encoding="utf-8").splitlines()
-             if raw.startswith("{") and message["message_id"] in raw]
-    assert {entry["logger"] for entry in about} >= {"celery.worker.strategy", "matomete_core.service.bus",
-                                                    "celery.app.trace"}
+    def lines_about() -> list[dict[str, Any]]:
+        return [json.loads(raw) for raw in system.logs["worker"].read_text(encoding="utf-8").splitlines()
+                if raw.startswith("{") and message["message_id"] in raw]
+    expected = {"celery.worker.strategy", "matomete_core.service.bus", "celery.app.trace"}
+    # Celery writes its "succeeded" line after it has stored the result the sender just read
+    about = wait_until(lambda: (found := lines_about()) and {e["logger"] for e in found} >= expected and found,
+                       timeout=10, message="the received, decided and succeeded lines")
     assert all(entry["message_id"] == message["message_id"] for entry in about)
     for name, path in system.logs.items():
         assert message["signature"] not in path.read_text(encoding="utf-8", errors="replace"), name

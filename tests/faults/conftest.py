@@ -21,10 +21,6 @@ from tests.faults.servers import DedicatedPostgres, DedicatedRedis
 from tests.unit.conftest import deps, provider, template_db  # noqa: F401 — the unit tier's fixtures
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "faults: starts real servers and `matomete` processes and injects faults")
-
-
 @pytest.fixture(scope="session")
 def dedicated_pg() -> Iterator[DedicatedPostgres]:
     pg = DedicatedPostgres()
