@@ -14,11 +14,9 @@ import hashlib
 import hmac
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ import pytest
 from celery import Celery
 from cryptography.fernet import Fernet
 
+from tests.support.processes import group_alive, matomete_bin, tail
 from tests.support.services import (
     WaitTimeout, drop_pg_database, fresh_pg_database, fresh_redis_db, release_redis_db, wait_until,
 )
@@ -119,28 +118,6 @@ def month_of(timestamp: str) -> str:
 def date_of(timestamp: str) -> str:
     """The JST calendar date (YYYY-MM-DD) of an RFC 3339 time."""
     return datetime.fromisoformat(timestamp).astimezone(JST).date().isoformat()
-
-
-def _tail(path: Path, lines: int = 80) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        return f"(cannot read {path}: {exc})"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _matomete_bin() -> str:
-    """``MATOMETE_BIN``, else the console script beside this interpreter, else the one on PATH."""
-    explicit = os.environ.get("MATOMETE_BIN")
-    if explicit:
-        return explicit
-    beside = Path(sys.executable).parent / "matomete"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("matomete")
-    if not found:
-        raise RuntimeError("no `matomete` executable: install the project or set MATOMETE_BIN")
-    return found
 
 
 # ---- outbound queues --------------------------------------------------------------------------
@@ -263,7 +240,7 @@ class System:
                                  f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}") from exc
 
     def log_tails(self, lines: int = 80) -> str:
-        return "\n".join(f"---- {name} log ({path}), last {lines} lines ----\n{_tail(path, lines)}"
+        return "\n".join(f"---- {name} log ({path}), last {lines} lines ----\n{tail(path, lines)}"
                          for name, path in self.logs.items())
 
 
@@ -278,16 +255,6 @@ def _start(system: System, name: str, *args: str) -> subprocess.Popen:
     return proc
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _stop(proc: subprocess.Popen, grace: float = STOP_GRACE) -> None:
     """SIGTERM the process (Celery's warm shutdown), SIGKILL its process group after `grace` s.
 
@@ -300,9 +267,9 @@ def _stop(proc: subprocess.Popen, grace: float = STOP_GRACE) -> None:
         except subprocess.TimeoutExpired:
             pass
     deadline = time.monotonic() + 3
-    while _group_alive(pgid) and time.monotonic() < deadline:  # pool children finishing
+    while group_alive(pgid) and time.monotonic() < deadline:  # pool children finishing
         time.sleep(0.1)
-    if _group_alive(pgid) or proc.poll() is None:
+    if group_alive(pgid) or proc.poll() is None:
         try:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
@@ -353,7 +320,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     broker_url = fresh_redis_db()
     client = _bare_client(broker_url, broker_url)
     env = _environment(database_url, broker_url, export_dir)
-    system = System(env=env, workdir=workdir, matomete=_matomete_bin(), client=client,
+    system = System(env=env, workdir=workdir, matomete=matomete_bin(), client=client,
                     outbox=Outbox(broker_url))
     (workdir / "catalog.json").write_text(json.dumps(CATALOG, ensure_ascii=False, indent=2), encoding="utf-8")
     (workdir / "lines.json").write_text(json.dumps(LINES, ensure_ascii=False, indent=2), encoding="utf-8")

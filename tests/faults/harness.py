@@ -17,10 +17,8 @@ import hmac
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -34,7 +32,8 @@ import psycopg
 from celery import Celery
 from cryptography.fernet import Fernet
 
-from tests.faults.servers import group_alive, kill_group, run, stop_group, tail
+from tests.faults.servers import kill_group, run, stop_group
+from tests.support.processes import group_alive, matomete_bin, tail
 from tests.support.services import WaitTimeout, wait_until
 
 __all__ = ["CATALOG", "JST", "OUTBOUND_QUEUES", "PROVIDER_SECRETS", "REPORT_DEFAULT", "Deployment", "Tally", "WaitTimeout",
@@ -139,19 +138,6 @@ def report(test: str, **figures: Any) -> dict[str, Any]:
 
 
 # ---- a deployment -------------------------------------------------------------------------------------
-
-def matomete_bin() -> str:
-    explicit = os.environ.get("MATOMETE_BIN")
-    if explicit:
-        return explicit
-    beside = Path(sys.executable).parent / "matomete"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("matomete")
-    if not found:
-        raise RuntimeError("no `matomete` executable: install the project or set MATOMETE_BIN")
-    return found
-
 
 def bare_client(broker_url: str) -> Celery:
     client = Celery(f"faults-sender-{secrets.token_hex(3)}", broker=broker_url, backend=broker_url,

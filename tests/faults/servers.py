@@ -28,10 +28,11 @@ from typing import Any
 import psycopg
 import redis
 
+from tests.support.processes import group_alive, tail
 from tests.support.services import WaitTimeout, wait_until
 
-__all__ = ["PG_BIN", "DedicatedPostgres", "DedicatedRedis", "children_of", "group_alive", "kill_group", "run",
-           "stop_group", "tail"]
+__all__ = ["PG_BIN", "DedicatedPostgres", "DedicatedRedis", "children_of", "kill_group", "run",
+           "stop_group"]
 
 PG_BIN = Path(os.environ.get("MATOMETE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 RUN_TIMEOUT = 120
@@ -57,23 +58,6 @@ def run(cmd: list[str], *, timeout: float = RUN_TIMEOUT, **kw: Any) -> subproces
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}\n{done.stdout}\n{done.stderr}")
     return done
-
-
-def tail(path: Path, lines: int = 60) -> str:
-    try:
-        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-    except OSError as exc:
-        return f"(cannot read {path}: {exc})"
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
