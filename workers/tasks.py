@@ -11,6 +11,7 @@ import time
 from datetime import datetime, timezone
 from functools import lru_cache
 
+import redis
 from celery import Task
 
 from matomete_core.adapters.database import is_transient
@@ -24,6 +25,11 @@ from workers.app import TIMINGS, app
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = TIMINGS.max_retry_backoff  # under the visibility timeout: see workers/app.py
 MAX_ATTEMPTS = 4  # of a message whose handling fails for a reason that is not transient
+MAX_DELIVERIES = 5  # of a message whose worker process dies with it (killed, out of memory) every time
+
+
+class WorkerLostEachTime(Exception):
+    """The message came back MAX_DELIVERIES times: its worker process died on it each time."""
 
 
 @lru_cache(maxsize=1)
@@ -45,14 +51,38 @@ def _relay_quietly(d: Deps) -> None:
         log.warning("outbox relay after commit failed; beat will relay", exc_info=True)
 
 
+@lru_cache(maxsize=1)
+def _broker_redis() -> redis.Redis | None:
+    url = Settings.from_env().broker_url
+    return redis.Redis.from_url(url) if url.startswith(("redis://", "rediss://")) else None
+
+
+def deliveries(task: Task) -> int:
+    """How often a message has come back after its worker process died (0 on a first delivery),
+    counted in the broker's Redis: the broker only says *that* it was redelivered."""
+    if not (getattr(task.request, "delivery_info", None) or {}).get("redelivered"):
+        return 0
+    client = _broker_redis()
+    if client is None:
+        return 0
+    key = f"matomete:deliveries:{task.request.id}"
+    count, _ = client.pipeline().incr(key).expire(key, 24 * 3600).execute()
+    return int(count)
+
+
 def decide(task: Task, args: tuple, kwargs: dict) -> dict:
     """Decide one message. Transient errors retry with backoff for as long as they last; any other
-    failure retries a few times, then the message is quarantined — never dropped."""
+    failure retries a few times, then the message is quarantined — never dropped; and a message
+    that takes its worker process down with it every time is quarantined after MAX_DELIVERIES."""
     d = deps()
     started = time.monotonic()
     attempt = task.request.retries or 0
     try:
+        if deliveries(task) >= MAX_DELIVERIES:
+            raise WorkerLostEachTime()
         decision = bus.handle(d, task.name, args, kwargs, now=_now())
+    except WorkerLostEachTime as exc:
+        decision = bus.quarantine_failure(d, task.name, args, kwargs, exc, MAX_DELIVERIES, now=_now())
     except Exception as exc:
         countdown = min(MAX_BACKOFF_S, 2 ** attempt)
         if is_transient(exc):

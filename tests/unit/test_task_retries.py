@@ -65,3 +65,26 @@ def test_the_worker_acknowledges_late_and_requeues_when_a_worker_process_dies():
     assert conf.task_time_limit < VISIBILITY_TIMEOUT_S
     assert conf.broker_transport_options["visibility_timeout"] == VISIBILITY_TIMEOUT_S
     assert conf.timezone == "Asia/Tokyo"
+
+
+def test_a_message_that_kills_its_worker_every_time_is_quarantined_after_max_deliveries(deps, monkeypatch, redis_url):
+    import redis as redis_lib
+    monkeypatch.setattr(tasks, "deps", lambda: deps)
+    monkeypatch.setattr(tasks, "_broker_redis", lambda: redis_lib.Redis.from_url(redis_url))
+    task = FakeTask(retries=0)
+    task.request.id, task.request.delivery_info = "t-1", {"redelivered": True}
+    message = {"message_id": "kills-its-worker"}
+    for _ in range(tasks.MAX_DELIVERIES - 1):  # each time the handler runs (and, in life, dies)
+        decision = tasks.decide(task, (message,), {})
+        assert decision["reason"] == "INVALID_MESSAGE"
+    decision = tasks.decide(task, (message,), {})
+    assert (decision["status"], decision["reason"]) == ("quarantined", "PROCESSING_FAILED")
+    from matomete_core.service.quarantine import list_quarantined
+    assert any("WorkerLostEachTime" in q["detail"] for q in list_quarantined(deps.engine))
+
+
+def test_a_first_delivery_is_not_counted(monkeypatch):
+    monkeypatch.setattr(tasks, "_broker_redis", lambda: pytest.fail("no Redis round trip on a first delivery"))
+    task = FakeTask(retries=0)
+    task.request.id, task.request.delivery_info = "t-2", {}
+    assert tasks.deliveries(task) == 0
