@@ -161,6 +161,9 @@ def test_the_export_files_are_written_whole(deps, provider, close):
     close("2026-08")
     csv_rows = (close.exports / "invoices-2026-08.csv").read_text(encoding="utf-8").splitlines()
     assert csv_rows[0].startswith("billing_account,month,title,total") and len(csv_rows) == 3
+    assert csv_rows[1] == "06-1234-5678,2026-08,フレッツ・まとめて支払い料金,825,PA,A社,pack,パックサービス,1,525"
+    (line,) = (close.exports / "invoices-2026-08.jsonl").read_text(encoding="utf-8").splitlines()
+    assert json.loads(line) == invoice(deps, "2026-08")
     assert not list(close.exports.glob("*.part"))
 
 
