@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -29,7 +28,7 @@ import pytest
 from celery import Celery
 from cryptography.fernet import Fernet
 
-from tests.support.processes import group_alive, matomete_bin, tail
+from tests.support.processes import matomete_bin, stop_group, tail
 from tests.support.services import (
     WaitTimeout, drop_pg_database, fresh_pg_database, fresh_redis_db, release_redis_db, wait_until,
 )
@@ -255,31 +254,6 @@ def _start(system: System, name: str, *args: str) -> subprocess.Popen:
     return proc
 
 
-def _stop(proc: subprocess.Popen, grace: float = STOP_GRACE) -> None:
-    """SIGTERM the process (Celery's warm shutdown), SIGKILL its process group after `grace` s.
-
-    Only the group of a process this fixture started is signalled."""
-    pgid = proc.pid  # start_new_session=True made it the group leader
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    deadline = time.monotonic() + 3
-    while group_alive(pgid) and time.monotonic() < deadline:  # pool children finishing
-        time.sleep(0.1)
-    if group_alive(pgid) or proc.poll() is None:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-
-
 def _environment(database_url: str, broker_url: str, export_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("MATOMETE_") or k.startswith("MATOMETE_TEST_")}
@@ -352,7 +326,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     finally:
         _RUNNING.remove(system)
         for proc in reversed(list(system.processes.values())):
-            _stop(proc)
+            stop_group(proc, STOP_GRACE)
         client.close()
         drop_pg_database(database_url)
         release_redis_db(broker_url)

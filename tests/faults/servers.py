@@ -21,14 +21,13 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import redis
 
-from tests.support.processes import group_alive, tail
+from tests.support.processes import group_alive, kill_group, stop_group, tail  # noqa: F401 — re-exported
 from tests.support.services import WaitTimeout, wait_until
 
 __all__ = ["PG_BIN", "DedicatedPostgres", "DedicatedRedis", "children_of", "kill_group", "run",
@@ -58,33 +57,6 @@ def run(cmd: list[str], *, timeout: float = RUN_TIMEOUT, **kw: Any) -> subproces
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}\n{done.stdout}\n{done.stderr}")
     return done
-
-
-def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    """Signal the process group of a process this suite started (start_new_session=True)."""
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def stop_group(proc: subprocess.Popen, grace: float = 15.0) -> None:
-    """SIGTERM (Celery's warm shutdown), then SIGKILL the group after ``grace`` seconds."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    deadline = time.monotonic() + 3
-    while group_alive(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if group_alive(proc.pid) or proc.poll() is None:
-        kill_group(proc)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def children_of(pid: int) -> list[int]:

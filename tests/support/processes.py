@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-__all__ = ["matomete_bin", "tail", "group_alive"]
+__all__ = ["matomete_bin", "tail", "group_alive", "kill_group", "stop_group"]
 
 
 def matomete_bin() -> str:
@@ -41,3 +44,30 @@ def group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Signal the process group of a process a test started (start_new_session=True)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM (Celery's warm shutdown), then SIGKILL the group after ``grace`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    deadline = time.monotonic() + 3
+    while group_alive(proc.pid) and time.monotonic() < deadline:  # pool children finishing
+        time.sleep(0.1)
+    if group_alive(proc.pid) or proc.poll() is None:
+        kill_group(proc)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
