@@ -38,7 +38,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pool_pre_ping: it costs a round trip on every checkout, i.e. on every decision. After a
+    # server restart the first statement on a stale connection fails as a disconnect, which
+    # invalidates the whole pool and is transient — the task retries it (workers.tasks.decide).
     return create_engine(url, **kwargs)
 
 
@@ -59,11 +61,17 @@ def lock_line(conn: Connection, customer_id: str):  # noqa: ANN201
     return conn.execute(stmt).mappings().first()
 
 
-def lock_order(conn: Connection, provider_id: str, order_id: str) -> None:
-    """Serialize the purchase and the cancels of one provider order, known yet or not."""
+def lock_order(conn: Connection, provider_id: str, order_id: str, *, share_month: str | None = None) -> None:
+    """Serialize the purchase and the cancels of one provider order, known yet or not; with
+    ``share_month``, also hold that month shared (see share_month) — one round trip for both."""
     if conn.dialect.name != "postgresql":
         return
-    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _key(f"order:{provider_id}\x00{order_id}")})
+    order = _key(f"order:{provider_id}\x00{order_id}")
+    if share_month is None:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": order})
+    else:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k), pg_advisory_xact_lock_shared(:m)"),
+                     {"k": order, "m": _month_key(share_month)})
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -92,16 +100,20 @@ def _key(text_: str) -> int:
     return int.from_bytes(hashlib.blake2b(text_.encode(), digest_size=8).digest(), "big", signed=True)
 
 
+def _month_key(month: str) -> int:
+    return _key(f"month:{month}")
+
+
 def share_month(conn: Connection, month: str) -> None:
     """A decision billing into ``month`` holds it shared, so month close waits for it to commit."""
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": _key(f"month:{month}")})
+        conn.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": _month_key(month)})
 
 
 def seize_month(conn: Connection, month: str) -> None:
     """Month close marks ``month`` closing under an exclusive hold: in-flight decisions finish first."""
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _key(f"month:{month}")})
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _month_key(month)})
 
 
 def try_close_lock(conn: Connection) -> bool:

@@ -25,7 +25,7 @@ from matomete_core.messages import (
     UpdateRegistration, parse)
 from matomete_core.reasons import Quarantine
 from matomete_core.security import signature_matches
-from matomete_core.service import customer, line, provider
+from matomete_core.service import customer, line, outbox, provider
 from matomete_core.service.deps import Deps
 from matomete_core.service.inbox import Conflict
 from matomete_core.service.quarantine import quarantine_message
@@ -59,17 +59,20 @@ def _validation_detail(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def handle(deps: Deps, task: str, args: tuple | list, kwargs: dict, *, now: datetime) -> dict:
+def handle(deps: Deps, task: str, args: tuple | list, kwargs: dict, *, now: datetime,
+           on_commit: Callable[[list[outbox.Written]], None] | None = None) -> dict:
+    """``on_commit`` gets the outbox rows the deciding transaction wrote, once it has committed."""
     # every log line while deciding carries the message's identifiers (logcontext)
     with logcontext.scope(**logcontext.about(args[0] if len(args) == 1 else None)):
-        decision = _decide(deps, task, args, kwargs, now)
+        decision = _decide(deps, task, args, kwargs, now, on_commit)
         logcontext.bind(application_number=decision.application_number)
         log.info("decided", extra={"task": task, "message_id": decision.message_id, "status": decision.status,
                                    "reason": decision.reason, "application_number": decision.application_number})
     return decision.model_dump(mode="json")
 
 
-def _decide(deps: Deps, task: str, args: tuple | list, kwargs: dict, now: datetime) -> Decision:
+def _decide(deps: Deps, task: str, args: tuple | list, kwargs: dict, now: datetime,
+            on_commit: Callable[[list[outbox.Written]], None] | None) -> Decision:
     body = args[0] if len(args) == 1 else {"args": list(args)}
 
     def quarantined(reason: Quarantine, detail: str, sender: str | None = None, *,
@@ -93,19 +96,36 @@ def _decide(deps: Deps, task: str, args: tuple | list, kwargs: dict, now: dateti
         return quarantined(Quarantine.INVALID_MESSAGE, type(exc).__name__)
 
     sender = getattr(msg, "provider_id", None)
-    if sender is not None:
-        secrets = _provider_secrets(deps, sender)
-        if secrets is None:
-            return quarantined(Quarantine.UNKNOWN_PROVIDER, f"provider_id={sender}", sender)
-        if not signature_matches(body, secrets):
-            return quarantined(Quarantine.BAD_SIGNATURE, f"provider_id={sender}", sender)
     try:
-        with deps.engine.begin() as conn:
-            return handler(conn, msg, body, now, **_injected(handler, deps))
+        with outbox.track() as written:
+            with deps.engine.begin() as conn:  # the sender is authenticated in the deciding transaction
+                if sender is not None:
+                    _authenticate(conn, deps, sender, body)
+                decision = handler(conn, msg, body, now, **_injected(handler, deps))
+            if on_commit is not None and written:
+                on_commit(written)
+        return decision
+    except _NotAuthentic as exc:
+        return quarantined(exc.reason, f"provider_id={sender}", sender)
     except Conflict:
         return quarantined(Quarantine.MESSAGE_ID_CONFLICT,
                            f"message_id={msg.message_id} was decided before with other content", sender,
                            authenticated=True)
+
+
+class _NotAuthentic(Exception):
+    def __init__(self, reason: Quarantine):
+        self.reason = reason
+
+
+def _authenticate(conn: Connection, deps: Deps, provider_id: str, body: dict) -> None:
+    """Raise _NotAuthentic unless the provider is known, active, and signed ``body``."""
+    row = conn.execute(select(providers.c.signing_secrets, providers.c.active).where(
+        providers.c.provider_id == provider_id)).first()
+    if row is None or not row.active:
+        raise _NotAuthentic(Quarantine.UNKNOWN_PROVIDER)
+    if not signature_matches(body, deps.secrets.open(row.signing_secrets)):
+        raise _NotAuthentic(Quarantine.BAD_SIGNATURE)
 
 
 def quarantine_failure(deps: Deps, task: str, args: tuple | list, kwargs: dict, exc: BaseException,
@@ -116,12 +136,3 @@ def quarantine_failure(deps: Deps, task: str, args: tuple | list, kwargs: dict, 
                                   detail=f"{type(exc).__name__} on each of {attempts} attempts", body=body,
                                   now=now)
     return decision.model_dump(mode="json")
-
-
-def _provider_secrets(deps: Deps, provider_id: str) -> list[str] | None:
-    with deps.engine.connect() as conn:
-        row = conn.execute(select(providers.c.signing_secrets, providers.c.active).where(
-            providers.c.provider_id == provider_id)).first()
-    if row is None or not row.active:
-        return None
-    return deps.secrets.open(row.signing_secrets)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Connection, delete, insert, select, update
+from functools import lru_cache
+
+from pydantic import BaseModel
+from sqlalchemy import Connection, Select, and_, bindparam, delete, exists, insert, literal, select, update
 
 from matomete_core.adapters.database import insert_ignore, lock_line, lock_order, share_month
 from matomete_core.adapters.tables import (
-    charges, contents, held_cancels, inbox, line_billing, passport_ids, purchases)
+    billing_months, charges, contents, held_cancels, inbox, line_billing, passport_ids, purchases)
 from matomete_core import logcontext
 from matomete_core.calendar import billing_month, last_billable_month
 from matomete_core.messages import Cancel, ChargeRecord, ChargeVoided, Decision, DecisionEvent, Purchase
@@ -30,68 +33,81 @@ def _event(decision: Decision) -> DecisionEvent:
     return DecisionEvent(event_id=outbox.new_event_id(), **decision.model_dump())
 
 
-def _finish(conn: Connection, provider_id: str, inbox_id: int, decision: Decision, now: datetime) -> Decision:
+def _finish(conn: Connection, provider_id: str, inbox_id: int, decision: Decision, now: datetime,
+            events: list[tuple[str, BaseModel]] | None = None) -> Decision:
+    """Record the decision in the inbox, and queue its outbound events and the decision itself."""
     inbox_svc.record(conn, inbox_id, decision)
-    outbox.emit(conn, outbox.provider_results(provider_id), _event(decision), now=now)
+    outbox.emit_many(conn, [*(events or []), (outbox.provider_results(provider_id), _event(decision))], now=now)
     return decision
 
 
 def billing_account_for(conn: Connection, customer_id: str, month: str) -> str:
-    return conn.execute(select(line_billing.c.billing_account).where(
+    return conn.execute(_billing_account(customer_id, month)).scalar_one()
+
+
+def _billing_account(customer_id, month) -> Select:  # noqa: ANN001 — values or columns
+    return select(line_billing.c.billing_account).where(
         line_billing.c.customer_id == customer_id, line_billing.c.from_month <= month
-    ).order_by(line_billing.c.from_month.desc()).limit(1)).scalar_one()
+    ).order_by(line_billing.c.from_month.desc()).limit(1)
 
 
 # ---- purchase ----------------------------------------------------------------------------------
+# The hot path. After the inbox claim it takes one statement for both locks, one for everything the
+# order lock protects, one to lock the line, one for the Passport ID as it stands under that lock,
+# one for usage — each built once (``_prepared``) — then the writes.
 
 def handle_purchase(conn: Connection, msg: Purchase, body: dict, now: datetime) -> Decision:
     claim = inbox_svc.claim(conn, sender=msg.provider_id, message_id=msg.message_id, task=msg.task,
                             body=body, now=now, order_id=msg.order_id)
     if claim.replay is not None:
         return claim.replay
-    lock_order(conn, msg.provider_id, msg.order_id)
-    decision, order = _decide_purchase(conn, msg, now)
-    _finish(conn, msg.provider_id, claim.inbox_id, decision, now)
-    _release_held_cancels(conn, msg.provider_id, msg.order_id, order, now)
+    start = billing_month(msg.occurred_at)
+    lock_order(conn, msg.provider_id, msg.order_id, share_month=start)
+    order = conn.execute(_prepared()["order"], {"provider_id": msg.provider_id, "order_id": msg.order_id,
+                                                "content_id": msg.content_id, "passport_id": msg.passport_id,
+                                                "month": start}).one()
+    decision, number, events = _decide_purchase(conn, msg, order, start, now)
+    _finish(conn, msg.provider_id, claim.inbox_id, decision, now, events)
+    if order.held:
+        _release_held_cancels(conn, msg.provider_id, msg.order_id, number, now)
     return decision
 
 
-def _load_content(conn: Connection, provider_id: str, content_id: str) -> Content | None:
-    row = conn.execute(select(contents).where(contents.c.provider_id == provider_id,
-                                              contents.c.content_id == content_id)).mappings().first()
-    return None if row is None else Content(row["provider_id"], row["content_id"], row["name"],
-                                            row["price_type"], row["unit_price"], row["term_months"])
+@lru_cache(maxsize=1)
+def _prepared() -> dict[str, Select]:
+    """The purchase path's reads, built once with bound parameters."""
+    c, p = contents.c, purchases.c
+    provider_id, order_id = bindparam("provider_id"), bindparam("order_id")
+    one = select(literal(1).label("one")).subquery()
+    order = select(
+        exists().where(p.provider_id == provider_id, p.order_id == order_id).label("taken"),
+        exists().where(held_cancels.c.provider_id == provider_id, held_cancels.c.order_id == order_id).label("held"),
+        exists().where(billing_months.c.month == bindparam("month")).label("month_shut"),
+        select(passport_ids.c.customer_id).where(passport_ids.c.passport_id == bindparam("passport_id"))
+        .scalar_subquery().label("customer_id"),
+        c.provider_id, c.content_id, c.name, c.price_type, c.unit_price, c.term_months,
+    ).select_from(one.outerjoin(contents, and_(c.provider_id == provider_id, c.content_id == bindparam("content_id"))))
+    pid = passport_ids.c
+    holder = select(pid.status, pid.deleted_at, pid.restricted, pid.limit,
+                    _billing_account(pid.customer_id, bindparam("month")).scalar_subquery().label("billing_account")
+                    ).where(pid.passport_id == bindparam("passport_id"))
+    return {"order": order, "holder": holder}
 
 
-def _load_holder(conn: Connection, passport_id: str) -> Holder | None:
-    customer_id = conn.execute(select(passport_ids.c.customer_id).where(
-        passport_ids.c.passport_id == passport_id)).scalar()
-    if customer_id is None:
-        return None
-    logcontext.bind(customer_id=customer_id)
-    line = lock_line(conn, customer_id)
-    pid = conn.execute(select(passport_ids).where(passport_ids.c.passport_id == passport_id)).mappings().one()
-    return Holder(passport_id=passport_id, customer_id=customer_id, status=pid["status"],
-                  deleted=pid["deleted_at"] is not None, restricted=pid["restricted"], limit=pid["limit"],
-                  access_service=line["access_service"], line_terminated=line["terminated_at"] is not None,
-                  line_restricted=line["restricted"], line_limit=line["line_limit"])
+def _decide_purchase(conn: Connection, msg: Purchase, order, start: str,  # noqa: ANN001
+                     now: datetime) -> tuple[Decision, int | None, list]:
+    def refuse(reason: Reason) -> tuple[Decision, None, list]:
+        return Decision(message_id=msg.message_id, status="rejected", reason=reason.value), None, []
 
-
-def _decide_purchase(conn: Connection, msg: Purchase, now: datetime) -> tuple[Decision, int | None]:
-    def refuse(reason: Reason) -> tuple[Decision, None]:
-        return Decision(message_id=msg.message_id, status="rejected", reason=reason.value), None
-
-    taken = conn.execute(select(purchases.c.application_number).where(
-        purchases.c.provider_id == msg.provider_id, purchases.c.order_id == msg.order_id)).first()
-    if taken is not None:
+    if order.taken:
         return refuse(Reason.DUPLICATE_ORDER)
-    content = _load_content(conn, msg.provider_id, msg.content_id)
-    holder = _load_holder(conn, msg.passport_id)
-    start = billing_month(msg.occurred_at)
-    share_month(conn, start)
-    month = first_open_month(conn, start)
-    if month != start:
+    content = None if order.content_id is None else Content(
+        order.provider_id, order.content_id, order.name, order.price_type, order.unit_price, order.term_months)
+    month = start
+    if order.month_shut:
+        month = first_open_month(conn, start)
         share_month(conn, month)
+    holder, account = _load_holder(conn, msg.passport_id, order.customer_id, month)
     plan: list[str] = []
 
     def usage() -> Usage:
@@ -117,14 +133,29 @@ def _decide_purchase(conn: Connection, msg: Purchase, now: datetime) -> tuple[De
                               unit_price=msg.unit_price, content=content, holder=holder, usage=usage)
     if not verdict.accepted:
         return refuse(verdict.reason)
-    assert content is not None and holder is not None
-    number = _accept(conn, msg, content, holder, start, month, plan, now)
+    assert content is not None and holder is not None and account is not None
+    number, events = _accept(conn, msg, content, holder, account, start, month, plan)
     return Decision(message_id=msg.message_id, status="accepted", application_number=str(number),
-                    billing_month=month), number
+                    billing_month=month), number, events
 
 
-def _accept(conn: Connection, msg: Purchase, content: Content, holder: Holder, start: str, month: str,
-            plan: list[str], now: datetime) -> int:
+def _load_holder(conn: Connection, passport_id: str, customer_id: str | None,
+                 month: str) -> tuple[Holder | None, str | None]:
+    """The Passport ID and its line, read under the line's lock; and the line's billing account."""
+    if customer_id is None:
+        return None, None
+    logcontext.bind(customer_id=customer_id)
+    line = lock_line(conn, customer_id)
+    pid = conn.execute(_prepared()["holder"], {"passport_id": passport_id, "month": month}).one()
+    holder = Holder(passport_id=passport_id, customer_id=customer_id, status=pid.status,
+                    deleted=pid.deleted_at is not None, restricted=pid.restricted, limit=pid.limit,
+                    access_service=line["access_service"], line_terminated=line["terminated_at"] is not None,
+                    line_restricted=line["restricted"], line_limit=line["line_limit"])
+    return holder, pid.billing_account
+
+
+def _accept(conn: Connection, msg: Purchase, content: Content, holder: Holder, account: str, start: str,
+            month: str, plan: list[str]) -> tuple[int, list[tuple[str, BaseModel]]]:
     monthly = content.price_type == MONTHLY_FLAT
     key = billing.dedupe_key(msg.passport_id, msg.provider_id, msg.content_id) if monthly else None
     number = conn.execute(insert(purchases).values(
@@ -134,8 +165,7 @@ def _accept(conn: Connection, msg: Purchase, content: Content, holder: Holder, s
         last_month=term_last_month(start, content.term_months) if monthly else start,
         term_months=content.term_months, dedupe_key=key,
     ).returning(purchases.c.application_number)).scalar_one()
-    account = billing_account_for(conn, holder.customer_id, month)
-    events = []
+    events: list[tuple[str, BaseModel]] = []
     for service_month in (plan if monthly else [start]):
         amount = content.unit_price * msg.quantity
         inserted = insert_ignore(conn, charges, application_number=number, customer_id=holder.customer_id,
@@ -149,8 +179,7 @@ def _accept(conn: Connection, msg: Purchase, content: Content, holder: Holder, s
                 billing_account=account, passport_id=msg.passport_id, provider_id=msg.provider_id,
                 content_id=msg.content_id, month=month, quantity=msg.quantity, amount=amount,
                 late=service_month != month)))
-    outbox.emit_many(conn, events, now=now)
-    return number
+    return number, events
 
 
 # ---- cancel ------------------------------------------------------------------------------------
