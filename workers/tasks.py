@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timezone
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import redis
 from celery import Task
 
 from matomete_core.adapters.database import is_transient
-from matomete_core.adapters.relay import KombuPublisher, relay
+from matomete_core.adapters.relay import KombuPublisher, publish_written, relay
 from matomete_core.config import Settings
 from matomete_core.service import bus, close, housekeeping
 from matomete_core.service.deps import Deps, bootstrap
@@ -44,11 +44,20 @@ def _now() -> datetime:
 
 
 def _relay_quietly(d: Deps) -> None:
-    """Publish right after commit; what fails here stays in the outbox for the beat relay."""
+    """Publish what is in the outbox; what fails here stays there for the beat relay."""
     try:
         relay(d.engine, d.publisher, now=_now())
     except Exception:  # noqa: BLE001 — the outbox keeps it; beat retries
-        log.warning("outbox relay after commit failed; beat will relay", exc_info=True)
+        log.warning("outbox relay failed; beat will relay", exc_info=True)
+
+
+def _publish_quietly(d: Deps, rows: list) -> None:
+    """Publish a decision's outbound messages right after its commit; what fails here stays in
+    the outbox for the beat relay."""
+    try:
+        publish_written(d.engine, d.publisher, rows, now=_now())
+    except Exception:  # noqa: BLE001 — the outbox keeps it; beat retries
+        log.warning("publishing after commit failed; beat will relay", exc_info=True)
 
 
 @lru_cache(maxsize=1)
@@ -80,7 +89,7 @@ def decide(task: Task, args: tuple, kwargs: dict) -> dict:
     try:
         if deliveries(task) >= MAX_DELIVERIES:
             raise WorkerLostEachTime()
-        decision = bus.handle(d, task.name, args, kwargs, now=_now())
+        decision = bus.handle(d, task.name, args, kwargs, now=_now(), on_commit=partial(_publish_quietly, d))
     except WorkerLostEachTime as exc:
         decision = bus.quarantine_failure(d, task.name, args, kwargs, exc, MAX_DELIVERIES, now=_now())
     except Exception as exc:
@@ -93,7 +102,8 @@ def decide(task: Task, args: tuple, kwargs: dict) -> dict:
             raise task.retry(exc=exc, countdown=countdown, max_retries=MAX_ATTEMPTS) from None
         decision = bus.quarantine_failure(d, task.name, args, kwargs, exc, MAX_ATTEMPTS, now=_now())
     metrics.observe_decision(task.name, decision, time.monotonic() - started)
-    _relay_quietly(d)
+    if decision["status"] == "quarantined":  # its own transaction may have queued a provider result
+        _relay_quietly(d)
     return decision
 
 

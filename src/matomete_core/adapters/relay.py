@@ -16,7 +16,7 @@ from kombu import Connection as KombuConnection, Exchange, Queue
 from sqlalchemy import Engine, select, update
 
 from matomete_core.adapters.tables import outbox
-from matomete_core.service.outbox import expand
+from matomete_core.service.outbox import Written, expand
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,21 @@ def relay(engine: Engine, publisher, *, now: datetime, batch: int = 500) -> int:
     """Publish every unpublished outbox row, oldest first, then expand batch rows chunk by chunk;
     returns how many messages were published."""
     return _relay_rows(engine, publisher, now, batch) + _relay_batches(engine, publisher, now, batch)
+
+
+def publish_written(engine: Engine, publisher, rows: list[Written], *, now: datetime) -> None:  # noqa: ANN001
+    """Publish rows just committed (service.outbox.track), then mark them in one statement — the
+    relay's work without reading them back. Failing half-way leaves them to the relay."""
+    for row in rows:
+        publisher.publish(row.queue, row.body, row.event_id)
+    if not rows:
+        return
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":  # one statement: no BEGIN/COMMIT round trips
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.execute(update(outbox).where(outbox.c.event_id.in_([r.event_id for r in rows]),
+                                          outbox.c.published_at.is_(None)).values(published_at=now))
+        conn.commit()
 
 
 def _locked(conn, stmt):  # noqa: ANN001, ANN202

@@ -6,11 +6,13 @@ to de-duplicate.
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
-
 import json
-from typing import Any
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import datetime
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 from sqlalchemy import Connection, exists, insert, literal, select
@@ -29,16 +31,41 @@ def new_event_id() -> str:
     return str(uuid.uuid4())
 
 
+class Written(NamedTuple):
+    event_id: str
+    queue: str
+    body: str
+
+
+_tracked: ContextVar[list[Written] | None] = ContextVar("outbox_tracked", default=None)
+
+
+@contextmanager
+def track() -> Iterator[list[Written]]:
+    """Collect the rows emitted inside, so that whoever commits them can publish them at once
+    (adapters.relay.publish_written) instead of reading them back."""
+    rows: list[Written] = []
+    token = _tracked.set(rows)
+    try:
+        yield rows
+    finally:
+        _tracked.reset(token)
+
+
 def emit(conn: Connection, queue: str, event: BaseModel, *, now: datetime) -> None:
     """Write an outbound event (which already carries its event_id) for the relay."""
-    conn.execute(insert(outbox).values(event_id=event.event_id, queue=queue,
-                                       body=event.model_dump_json(), created_at=now))
+    emit_many(conn, [(queue, event)], now=now)
 
 
 def emit_many(conn: Connection, rows: list[tuple[str, BaseModel]], *, now: datetime) -> None:
-    if rows:
-        conn.execute(insert(outbox), [
-            {"event_id": e.event_id, "queue": q, "body": e.model_dump_json(), "created_at": now} for q, e in rows])
+    if not rows:
+        return
+    written = [Written(e.event_id, q, e.model_dump_json()) for q, e in rows]
+    conn.execute(insert(outbox), [{"event_id": w.event_id, "queue": w.queue, "body": w.body, "created_at": now}
+                                  for w in written])
+    tracked = _tracked.get()
+    if tracked is not None:
+        tracked.extend(written)
 
 
 # ---- batches: one row, many messages, built as the relay goes --------------------------------
