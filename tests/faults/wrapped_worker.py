@@ -31,7 +31,12 @@ def _slow_relay(path: str) -> None:
             out.write(event_id + "\n")
         time.sleep(0.5)
 
+    def announced_each(self, messages: list[tuple[str, str, str]]) -> None:  # noqa: ANN001
+        for queue, body, event_id in messages:
+            announced(self, queue, body, event_id)
+
     relay.KombuPublisher.publish = announced
+    relay.KombuPublisher.publish_many = announced_each
 
 
 def _poison() -> None:

@@ -29,10 +29,20 @@ class KombuPublisher:
         self._declared: set[str] = set()
 
     def publish(self, queue: str, body: str, event_id: str) -> None:
+        self._send(self._conn.Producer(serializer=None), queue, body, event_id, retry=True)
+
+    def publish_many(self, messages: list[tuple[str, str, str]]) -> None:
+        """(queue, body, event_id) each, sent in one Redis pipeline (kombu's Producer.batch); if the
+        flush fails none is known to be out, and the caller publishes them all again."""
         producer = self._conn.Producer(serializer=None)
+        with producer.batch(max_size=max(1, len(messages))):
+            for queue, body, event_id in messages:
+                self._send(producer, queue, body, event_id, retry=False)
+
+    def _send(self, producer, queue: str, body: str, event_id: str, *, retry: bool) -> None:  # noqa: ANN001
         declare = [] if queue in self._declared else [Queue(queue, Exchange(""), routing_key=queue, durable=True)]
         producer.publish(body.encode("utf-8"), routing_key=queue, exchange="", content_type="application/json",
-                         content_encoding="utf-8", delivery_mode=2, declare=declare, retry=True,
+                         content_encoding="utf-8", delivery_mode=2, declare=declare, retry=retry,
                          retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
                          headers={"event_id": event_id})
         self._declared.add(queue)
@@ -50,16 +60,27 @@ def relay(engine: Engine, publisher, *, now: datetime, batch: int = 500) -> int:
 def publish_written(engine: Engine, publisher, rows: list[Written], *, now: datetime) -> None:  # noqa: ANN001
     """Publish rows just committed (service.outbox.track), then mark them in one statement — the
     relay's work without reading them back. Failing half-way leaves them to the relay."""
-    for row in rows:
-        publisher.publish(row.queue, row.body, row.event_id)
     if not rows:
         return
+    _publish_all(publisher, [(r.queue, r.body, r.event_id) for r in rows])
     with engine.connect() as conn:
         if conn.dialect.name == "postgresql":  # one statement: no BEGIN/COMMIT round trips
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
         conn.execute(update(outbox).where(outbox.c.event_id.in_([r.event_id for r in rows]),
                                           outbox.c.published_at.is_(None)).values(published_at=now))
         conn.commit()
+
+
+def _publish_all(publisher, messages: list[tuple[str, str, str]]) -> None:  # noqa: ANN001
+    """At once if the publisher can (KombuPublisher.publish_many), else one by one."""
+    if not messages:
+        return
+    many = getattr(publisher, "publish_many", None)
+    if many is not None:
+        many(messages)
+    else:
+        for queue, body, event_id in messages:
+            publisher.publish(queue, body, event_id)
 
 
 def _locked(conn, stmt):  # noqa: ANN001, ANN202
@@ -73,8 +94,7 @@ def _relay_rows(engine: Engine, publisher, now: datetime, batch: int) -> int:  #
             rows = conn.execute(_locked(conn, select(outbox.c.id, outbox.c.queue, outbox.c.body, outbox.c.event_id)
                                         .where(outbox.c.published_at.is_(None), outbox.c.batch.is_(None))
                                         .order_by(outbox.c.id).limit(batch))).all()
-            for row in rows:
-                publisher.publish(row.queue, row.body, row.event_id)
+            _publish_all(publisher, [(r.queue, r.body, r.event_id) for r in rows])
             if rows:
                 conn.execute(update(outbox).where(outbox.c.id.in_([r.id for r in rows])).values(published_at=now))
         total += len(rows)
@@ -95,8 +115,7 @@ def _relay_batches(engine: Engine, publisher, now: datetime, batch: int) -> int:
             if row is None:
                 return total
             events, cursor = expand(conn, row.batch, json.loads(row.body), row.cursor, limit=batch)
-            for event_id, body in events:
-                publisher.publish(row.queue, body, event_id)
+            _publish_all(publisher, [(row.queue, body, event_id) for event_id, body in events])
             done = {"cursor": cursor} if events else {"published_at": now}
             conn.execute(update(outbox).where(outbox.c.id == row.id).values(**done))
         total += len(events)
