@@ -22,12 +22,18 @@ def pg_settings(pg_url: str, tmp_path: Path) -> Settings:
     return Settings(database_url=pg_url, secret_key=Fernet.generate_key().decode())
 
 
-@pytest.fixture
-def pg_deps(pg_settings: Settings, tmp_path: Path) -> Deps:
-    d = bootstrap(pg_settings, publisher=FakePublisher())
+def loaded_pg_deps(settings: Settings, tmp_path: Path) -> Deps:
+    """The unit tier's catalog and lines, loaded into ``settings``' database."""
+    d = bootstrap(settings, publisher=FakePublisher())
     (tmp_path / "catalog.json").write_text(json.dumps(CATALOG, ensure_ascii=False))
     (tmp_path / "lines.json").write_text(json.dumps(LINES, ensure_ascii=False))
     load_catalog(d.engine, d.secrets, tmp_path / "catalog.json")
-    load_lines(d.engine, pg_settings, tmp_path / "lines.json")
+    load_lines(d.engine, settings, tmp_path / "lines.json")
+    return d
+
+
+@pytest.fixture
+def pg_deps(pg_settings: Settings, tmp_path: Path) -> Deps:
+    d = loaded_pg_deps(pg_settings, tmp_path)
     yield d
     d.engine.dispose()

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from matomete_core.adapters.tables import lines
 
-__all__ = ["make_engine", "insert_ignore", "upsert", "lock_line", "lock_order", "is_transient", "share_month",
+__all__ = ["make_engine", "insert_ignore", "upsert", "lock_line", "lock_order", "lock_keys", "is_transient", "share_month",
            "seize_month", "try_close_lock", "release_close_lock"]
 
 
@@ -66,12 +66,24 @@ def lock_order(conn: Connection, provider_id: str, order_id: str, *, share_month
     ``share_month``, also hold that month shared (see share_month) — one round trip for both."""
     if conn.dialect.name != "postgresql":
         return
-    order = _key(f"order:{provider_id}\x00{order_id}")
+    order = _order_key(provider_id, order_id)
     if share_month is None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": order})
     else:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k), pg_advisory_xact_lock_shared(:m)"),
                      {"k": order, "m": _month_key(share_month)})
+
+
+def lock_keys(conn: Connection, *, orders: list[tuple[str, str]], shared_months: set[str]) -> None:
+    """lock_order for many orders and share_month for many months, in one statement and in a fixed
+    order (by key), so that two batches taking overlapping sets cannot deadlock."""
+    if conn.dialect.name != "postgresql":
+        return
+    exclusive = sorted({_order_key(p, o) for p, o in orders})
+    shared = sorted({_month_key(m) for m in shared_months})
+    conn.execute(text("SELECT (SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:x AS bigint[])) AS k),"
+                      " (SELECT count(pg_advisory_xact_lock_shared(k)) FROM unnest(CAST(:s AS bigint[])) AS k)"),
+                 {"x": exclusive, "s": shared})
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -98,6 +110,10 @@ def upsert(conn: Connection, table, rows: list[dict[str, Any]], keys: list[str],
 
 def _key(text_: str) -> int:
     return int.from_bytes(hashlib.blake2b(text_.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def _order_key(provider_id: str, order_id: str) -> int:
+    return _key(f"order:{provider_id}\x00{order_id}")
 
 
 def _month_key(month: str) -> int:

@@ -15,25 +15,32 @@ from sqlalchemy import Connection, Select, bindparam, exists, func, literal, or_
 from matomete_core.adapters.tables import charges, purchases
 from matomete_core.rules.purchase import MONTHLY_FLAT
 
-__all__ = ["month_lines", "usage", "line_usage", "dedupe_key"]
+__all__ = ["month_lines", "usage", "line_usage", "lines_usage", "dedupe_key"]
 
 
 def dedupe_key(passport_id: str, provider_id: str, content_id: str) -> str:
     return f"{passport_id}|{provider_id}|{content_id}"
 
 
-def _charged(month: str, customer_id: str | None, passport_id: str | None) -> Select:
+Customers = str | list[str] | None  # one line, some lines, or all
+
+
+def _of(column, customer_id: str | list[str]):  # noqa: ANN001, ANN202
+    return column.in_(customer_id) if isinstance(customer_id, list) else column == customer_id
+
+
+def _charged(month: str, customer_id: Customers, passport_id: str | None) -> Select:
     c = charges.c
     stmt = select(c.application_number, c.customer_id, c.passport_id, c.provider_id, c.content_id,
                   c.quantity, c.amount, c.late, c.dedupe_key).where(c.billing_month == month, c.voided_at.is_(None))
     if customer_id is not None:
-        stmt = stmt.where(c.customer_id == customer_id)
+        stmt = stmt.where(_of(c.customer_id, customer_id))
     if passport_id is not None:
         stmt = stmt.where(c.passport_id == passport_id)
     return stmt
 
 
-def renewals_due(month: str, customer_id: str | None = None, passport_id: str | None = None) -> Select:
+def renewals_due(month: str, customer_id: Customers = None, passport_id: str | None = None) -> Select:
     """Subscriptions billable in ``month`` with no charge for it yet, one per Passport ID and content."""
     p = purchases.c
     covered = exists().where(charges.c.dedupe_key == p.dedupe_key, charges.c.service_month == month)
@@ -43,7 +50,7 @@ def renewals_due(month: str, customer_id: str | None = None, passport_id: str | 
         p.price_type == MONTHLY_FLAT, p.start_month < month,
         or_(p.last_month.is_(None), p.last_month >= month), ~covered)
     if customer_id is not None:
-        inner = inner.where(p.customer_id == customer_id)
+        inner = inner.where(_of(p.customer_id, customer_id))
     if passport_id is not None:
         inner = inner.where(p.passport_id == passport_id)
     due = inner.subquery()
@@ -52,7 +59,7 @@ def renewals_due(month: str, customer_id: str | None = None, passport_id: str | 
                   due.c.dedupe_key).where(due.c.rank == 1)
 
 
-def month_lines(month: str, *, open_month: bool, customer_id: str | None = None,
+def month_lines(month: str, *, open_month: bool, customer_id: Customers = None,
                 passport_id: str | None = None) -> Select:
     charged = _charged(month, customer_id, passport_id)
     if not open_month:
@@ -80,6 +87,14 @@ def _usage_by_passport() -> Select:
     """Built once: an open month's lines of one line, summed per Passport ID."""
     lines = month_lines(bindparam("month"), open_month=True, customer_id=bindparam("customer_id")).subquery()
     return select(lines.c.passport_id, func.sum(lines.c.amount)).group_by(lines.c.passport_id)
+
+
+def lines_usage(conn: Connection, month: str, customer_ids: list[str]) -> list[tuple[str, str, int]]:
+    """Usage of an open month per line and Passport ID, for many lines in one query."""
+    lines = month_lines(month, open_month=True, customer_id=list(customer_ids)).subquery()
+    return [tuple(r) for r in conn.execute(
+        select(lines.c.customer_id, lines.c.passport_id, func.sum(lines.c.amount))
+        .group_by(lines.c.customer_id, lines.c.passport_id))]
 
 
 def line_usage(conn: Connection, month: str, customer_id: str) -> dict[str, int]:

@@ -26,7 +26,7 @@ from matomete_core.rules.purchase import (
 from matomete_core.service import billing, inbox as inbox_svc, outbox
 from matomete_core.service.months import first_open_month, is_open
 
-__all__ = ["handle_purchase", "handle_cancel", "expire_held_cancels", "billing_account_for"]
+__all__ = ["handle_purchase", "handle_cancel", "expire_held_cancels", "billing_account_for", "release_held_cancels"]
 
 
 def _event(decision: Decision) -> DecisionEvent:
@@ -69,7 +69,7 @@ def handle_purchase(conn: Connection, msg: Purchase, body: dict, now: datetime) 
     decision, number, events = _decide_purchase(conn, msg, order, start, now)
     _finish(conn, msg.provider_id, claim.inbox_id, decision, now, events)
     if order.held:
-        _release_held_cancels(conn, msg.provider_id, msg.order_id, number, now)
+        release_held_cancels(conn, msg.provider_id, msg.order_id, number, now)
     return decision
 
 
@@ -255,7 +255,7 @@ def _held(conn: Connection, provider_id: str, order_id: str):  # noqa: ANN202
     ).order_by(held_cancels.c.id)).mappings().all()
 
 
-def _release_held_cancels(conn: Connection, provider_id: str, order_id: str, number: int | None,
+def release_held_cancels(conn: Connection, provider_id: str, order_id: str, number: int | None,
                           now: datetime) -> None:
     """Decide the cancels that waited for this order: applied if it was accepted, else UNKNOWN_ORDER."""
     for held in _held(conn, provider_id, order_id):

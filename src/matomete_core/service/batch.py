@@ -1,0 +1,382 @@
+"""Micro-batches: many provider purchases decided in one transaction with set-based SQL.
+
+    decide_batch(deps, messages, now=..., on_commit=...) -> the decisions, in the messages' order
+
+The same rules as one message at a time (``rules.purchase.decide_purchase``, asked in order with
+what the batch has accepted so far counted in), the same locks (each order, the billing month
+shared, each line ``FOR UPDATE`` — taken for the whole batch in a fixed order so two batches cannot
+deadlock), the same rows (purchases, charges, inbox, outbox) — but a dozen statements and one
+commit for the whole batch instead of a dozen and a commit for each message.
+
+A *run* is a stretch of consecutive purchases that parse, authenticate and do not share a message
+id or an order with one another. Everything else — cancels, anything malformed or unauthentic — is
+handed to the one-message path (``bus.handle``) where it falls, so its outcome is exactly that
+path's. Two kinds found inside a run go to that path right after the run commits: a redelivery
+(which replays its first decision) and a monthly-flat purchase dated in a closed month (which bills
+closed months late). A run whose transaction fails for a reason that is not transient (a bug, a
+unique key taken by a concurrent worker) is decided again message by message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import Connection, insert, select, tuple_
+
+from matomete_core.adapters.database import is_transient, lock_keys
+from matomete_core.adapters.tables import (
+    billing_months, charges, contents, held_cancels, inbox, line_billing, lines, passport_ids, providers, purchases)
+from matomete_core.calendar import add_months, billing_month
+from matomete_core.messages import ChargeRecord, Decision, DecisionEvent, Purchase, parse
+from matomete_core.reasons import Reason
+from matomete_core.rules.purchase import (
+    MONTHLY_FLAT, Content, Holder, Usage, decide_purchase, term_last_month)
+from matomete_core.security import signature_matches
+from matomete_core.service import billing, bus, outbox
+from matomete_core.service.deps import Deps
+from matomete_core.service.inbox import content_hash
+from matomete_core.service.provider import release_held_cancels
+
+__all__ = ["Inbound", "decide_batch"]
+
+log = logging.getLogger(__name__)
+
+Inbound = tuple[str, Sequence[Any], dict[str, Any]]  # (task name, args, kwargs), as a broker delivers them
+OnCommit = Callable[[list[outbox.Written]], None] | None
+
+
+@dataclass
+class _Item:
+    index: int
+    msg: Purchase
+    body: dict
+    start: str = ""
+    month: str = ""
+    customer_id: str | None = None
+    decision: Decision | None = None
+    number: int | None = None
+    deferred: bool = False
+    plan: list[str] = field(default_factory=list)  # the service months its charges bill
+
+
+@dataclass
+class _Run:
+    items: list[_Item] = field(default_factory=list)
+    keys: set[tuple[str, str]] = field(default_factory=set)
+
+    def admits(self, msg: Purchase) -> bool:
+        return not ({(msg.provider_id, msg.message_id), (msg.provider_id, "order:" + msg.order_id)} & self.keys)
+
+    def add(self, item: _Item) -> None:
+        self.items.append(item)
+        self.keys |= {(item.msg.provider_id, item.msg.message_id), (item.msg.provider_id, "order:" + item.msg.order_id)}
+
+
+def decide_batch(deps: Deps, messages: Sequence[Inbound], *, now: datetime, on_commit: OnCommit = None) -> list[dict]:
+    """Decide ``messages`` in order; transient database errors propagate (retry the batch)."""
+    decisions: list[dict | None] = [None] * len(messages)
+    secrets = _secrets(deps)
+    run = _Run()
+
+    def flush() -> None:
+        nonlocal run
+        if run.items:
+            for index, decision in _decide_run(deps, run.items, now, on_commit):
+                decisions[index] = decision
+        run = _Run()
+
+    for index, (task, args, kwargs) in enumerate(messages):
+        msg, body = _authentic_purchase(task, args, kwargs, secrets, now)
+        if msg is None:
+            flush()
+            decisions[index] = bus.handle(deps, task, args, kwargs, now=now, on_commit=on_commit)
+            continue
+        if not run.admits(msg):
+            flush()
+        run.add(_Item(index, msg, body))
+    flush()
+    return decisions  # type: ignore[return-value]
+
+
+def _secrets(deps: Deps) -> dict[str, list[str]]:
+    with deps.engine.connect() as conn:
+        rows = conn.execute(select(providers.c.provider_id, providers.c.signing_secrets)
+                            .where(providers.c.active)).all()
+    return {pid: deps.secrets.open(sealed) for pid, sealed in rows}
+
+
+def _authentic_purchase(task: str, args: Sequence[Any], kwargs: dict, secrets: dict[str, list[str]],
+                        now: datetime) -> tuple[Purchase | None, dict]:
+    """The purchase, if it is one the batch may decide: well-formed, of an active provider, signed."""
+    if task != Purchase.task or len(args) != 1 or kwargs or not isinstance(args[0], dict):
+        return None, {}
+    body = args[0]
+    try:
+        msg = parse(Purchase, body, now=now)
+    except (ValidationError, ValueError, TypeError, RecursionError):
+        return None, {}
+    known = secrets.get(msg.provider_id)
+    if known is None or not signature_matches(body, known):
+        return None, {}
+    return msg, body  # type: ignore[return-value]
+
+
+def _decide_run(deps: Deps, items: list[_Item], now: datetime, on_commit: OnCommit) -> list[tuple[int, dict]]:
+    try:
+        with outbox.track() as written:
+            with deps.engine.begin() as conn:
+                fresh = _without_redeliveries(conn, items)
+                if fresh:
+                    _Decider(conn, fresh, now).run()
+            if on_commit is not None and written:
+                on_commit(written)
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        log.warning("a batch run failed (%s); deciding its %d messages one by one", type(exc).__name__, len(items),
+                    exc_info=True)
+        return [(i.index, bus.handle(deps, i.msg.task, [i.body], {}, now=now, on_commit=on_commit)) for i in items]
+    out = []
+    for item in items:
+        if item.decision is None or item.deferred:  # a redelivery, or not for the batch: the one-message path
+            out.append((item.index, bus.handle(deps, item.msg.task, [item.body], {}, now=now, on_commit=on_commit)))
+        else:
+            decision = item.decision.model_dump(mode="json")
+            log.info("decided", extra={"task": item.msg.task, "message_id": item.msg.message_id,
+                                       "status": decision["status"], "reason": decision["reason"],
+                                       "application_number": decision["application_number"]})
+            out.append((item.index, decision))
+    return out
+
+
+def _without_redeliveries(conn: Connection, items: list[_Item]) -> list[_Item]:
+    """The items whose message id is new; the others replay (or conflict) on the one-message path."""
+    keys = [(i.msg.provider_id, i.msg.message_id) for i in items]
+    seen = {tuple(r) for r in conn.execute(select(inbox.c.sender, inbox.c.message_id)
+                                           .where(tuple_(inbox.c.sender, inbox.c.message_id).in_(keys)))}
+    return [i for i in items if (i.msg.provider_id, i.msg.message_id) not in seen]
+
+
+class _Decider:
+    """One run, in one transaction: lock, read everything at once, decide in order, write at once."""
+
+    def __init__(self, conn: Connection, items: list[_Item], now: datetime):
+        self.conn, self.items, self.now = conn, items, now
+        self.pg = conn.dialect.name == "postgresql"
+
+    def run(self) -> None:
+        for item in self.items:
+            item.start = billing_month(item.msg.occurred_at)
+        self._lock_orders_and_months()
+        taken, held, content_of, customer_of = self._order_facts()
+        self._place_in_open_months()
+        for item in self.items:
+            item.customer_id = customer_of.get(item.msg.passport_id)
+        line_of = self._lock_lines()
+        holder_row = self._holders()
+        account = self._accounts()
+        usage = self._usage()
+        subs, charged = self._subscriptions(content_of)
+        accepted: list[tuple[_Item, Content, str]] = []
+        for item in self.items:
+            msg = item.msg
+            if (msg.provider_id, msg.order_id) in taken:
+                item.decision = self._refuse(item, Reason.DUPLICATE_ORDER)
+                continue
+            content = content_of.get((msg.provider_id, msg.content_id))
+            monthly = content is not None and content.price_type == MONTHLY_FLAT
+            if monthly and item.start != item.month:
+                item.deferred = True  # a late subscription bills closed months: the one-message path
+                continue
+            holder = self._holder(item, line_of, holder_row)
+            key = billing.dedupe_key(msg.passport_id, msg.provider_id, msg.content_id)
+
+            def billed(month: str, key: str = key) -> bool:  # as billing.month_is_billed_for
+                return (key, month) in charged or any(
+                    s <= month and (last is None or last >= month) for s, last, _ in subs.get(key, []))
+
+            def facts(item: _Item = item, content: Content = content, holder: Holder = holder,  # type: ignore[assignment]
+                      key: str = key, monthly: bool = monthly) -> Usage:
+                if monthly:
+                    subscribed = any(cancelled is None and (last is None or last >= item.month)
+                                     for _, last, cancelled in subs.get(key, []))
+                    added = 0 if billed(item.start) else content.unit_price
+                else:
+                    subscribed, added = False, content.unit_price * msg.quantity
+                by_passport = usage.get((item.month, holder.customer_id), {})
+                return Usage(already_subscribed=subscribed, passport_usage=by_passport.get(msg.passport_id, 0),
+                             line_usage=sum(by_passport.values()), added=added)
+
+            verdict = decide_purchase(provider_id=msg.provider_id, content_id=msg.content_id, quantity=msg.quantity,
+                                      unit_price=msg.unit_price, content=content, holder=holder, usage=facts)
+            if not verdict.accepted:
+                item.decision = self._refuse(item, verdict.reason)
+                continue
+            assert content is not None and holder is not None and item.customer_id is not None
+            item.plan = [m for m in [item.start] if not (monthly and billed(m))]
+            if monthly:
+                subs.setdefault(key, []).append((item.start, term_last_month(item.start, content.term_months), None))
+            charged.update((key, m) for m in item.plan)
+            by_passport = usage.setdefault((item.month, item.customer_id), {})
+            by_passport[msg.passport_id] = by_passport.get(msg.passport_id, 0) + content.unit_price * msg.quantity * len(item.plan)
+            accepted.append((item, content, account[(item.customer_id, item.month)]))
+            item.decision = Decision(message_id=msg.message_id, status="accepted", billing_month=item.month)
+        self._write(accepted)
+        for item in self.items:
+            if (item.msg.provider_id, item.msg.order_id) in held and item.decision is not None and not item.deferred:
+                release_held_cancels(self.conn, item.msg.provider_id, item.msg.order_id, item.number, self.now)
+
+    # ---- locks and reads --------------------------------------------------------------------
+
+    def _lock_orders_and_months(self) -> None:
+        lock_keys(self.conn, orders=[(i.msg.provider_id, i.msg.order_id) for i in self.items],
+                  shared_months={i.start for i in self.items})
+
+    def _order_facts(self):  # noqa: ANN202
+        c, p = contents.c, purchases.c
+        orders = list({(i.msg.provider_id, i.msg.order_id) for i in self.items})
+        taken = {tuple(r) for r in self.conn.execute(select(p.provider_id, p.order_id)
+                                                     .where(tuple_(p.provider_id, p.order_id).in_(orders)))}
+        held = {tuple(r) for r in self.conn.execute(select(held_cancels.c.provider_id, held_cancels.c.order_id).where(
+            tuple_(held_cancels.c.provider_id, held_cancels.c.order_id).in_(orders)))}
+        wanted = list({(i.msg.provider_id, i.msg.content_id) for i in self.items})
+        content_of = {(r.provider_id, r.content_id): Content(r.provider_id, r.content_id, r.name, r.price_type,
+                                                             r.unit_price, r.term_months)
+                      for r in self.conn.execute(select(contents).where(
+                          tuple_(c.provider_id, c.content_id).in_(wanted)))}
+        customer_of = dict(self.conn.execute(select(passport_ids.c.passport_id, passport_ids.c.customer_id).where(
+            passport_ids.c.passport_id.in_({i.msg.passport_id for i in self.items}))).all())
+        return taken, held, content_of, customer_of
+
+    def _place_in_open_months(self) -> None:
+        """Each item's billing month: its own, or the first open one after it (a late charge)."""
+        first = min(i.start for i in self.items)
+        shut = set(self.conn.execute(select(billing_months.c.month).where(billing_months.c.month >= first)).scalars())
+        later = set()
+        for item in self.items:
+            month = item.start
+            while month in shut:
+                month = add_months(month, 1)
+            item.month = month
+            if month != item.start:
+                later.add(month)
+        if later:
+            lock_keys(self.conn, orders=[], shared_months=later)
+
+    def _lock_lines(self) -> dict[str, Any]:
+        wanted = sorted({i.customer_id for i in self.items if i.customer_id is not None})
+        stmt = select(lines).where(lines.c.customer_id.in_(wanted)).order_by(lines.c.customer_id)
+        if self.pg:
+            stmt = stmt.with_for_update()
+        return {r.customer_id: r for r in self.conn.execute(stmt)} if wanted else {}
+
+    def _holders(self) -> dict[str, Any]:
+        wanted = {i.msg.passport_id for i in self.items if i.customer_id is not None}
+        return {r.passport_id: r for r in self.conn.execute(
+            select(passport_ids).where(passport_ids.c.passport_id.in_(wanted)))} if wanted else {}
+
+    def _accounts(self) -> dict[tuple[str | None, str], str]:
+        """Each line's billing account in each month the batch bills: the latest change effective by then."""
+        wanted = {i.customer_id for i in self.items if i.customer_id is not None}
+        rows = self.conn.execute(select(line_billing.c.customer_id, line_billing.c.from_month,
+                                        line_billing.c.billing_account)
+                                 .where(line_billing.c.customer_id.in_(wanted))
+                                 .order_by(line_billing.c.from_month)).all() if wanted else []
+        out: dict[tuple[str | None, str], str] = {}
+        for item in self.items:
+            for customer_id, from_month, account in rows:
+                if customer_id == item.customer_id and from_month <= item.month:
+                    out[(customer_id, item.month)] = account
+        return out
+
+    def _usage(self) -> dict[tuple[str, str], dict[str, int]]:
+        """(month, line) → usage per Passport ID of the line, for every line and month of the batch."""
+        out: dict[tuple[str, str], dict[str, int]] = {}
+        for month in {i.month for i in self.items}:
+            wanted = sorted({i.customer_id for i in self.items if i.month == month and i.customer_id is not None})
+            if wanted:
+                for customer_id, passport_id, amount in billing.lines_usage(self.conn, month, wanted):
+                    out.setdefault((month, customer_id), {})[passport_id] = int(amount)
+        return out
+
+    def _subscriptions(self, content_of: dict) -> tuple[dict[str, list], set[tuple[str, str]]]:
+        """For the batch's monthly-flat keys (Passport ID, provider, content): their subscriptions as
+        (start, last, cancelled_at), and the service months already charged."""
+        keys = {billing.dedupe_key(i.msg.passport_id, i.msg.provider_id, i.msg.content_id) for i in self.items
+                if getattr(content_of.get((i.msg.provider_id, i.msg.content_id)), "price_type", None) == MONTHLY_FLAT}
+        if not keys:
+            return {}, set()
+        p = purchases.c
+        subs: dict[str, list] = {}
+        for key, start, last, cancelled in self.conn.execute(
+                select(p.dedupe_key, p.start_month, p.last_month, p.cancelled_at).where(p.dedupe_key.in_(keys))):
+            subs.setdefault(key, []).append((start, last, cancelled))
+        charged = {tuple(r) for r in self.conn.execute(select(charges.c.dedupe_key, charges.c.service_month).where(
+            charges.c.dedupe_key.in_(keys), charges.c.service_month.in_({i.start for i in self.items})))}
+        return subs, charged
+
+    def _holder(self, item: _Item, line_of: dict, holder_row: dict) -> Holder | None:
+        if item.customer_id is None:
+            return None
+        line, pid = line_of[item.customer_id], holder_row[item.msg.passport_id]
+        return Holder(passport_id=item.msg.passport_id, customer_id=item.customer_id, status=pid.status,
+                      deleted=pid.deleted_at is not None, restricted=pid.restricted, limit=pid.limit,
+                      access_service=line.access_service, line_terminated=line.terminated_at is not None,
+                      line_restricted=line.restricted, line_limit=line.line_limit)
+
+    @staticmethod
+    def _refuse(item: _Item, reason: Reason | None) -> Decision:
+        return Decision(message_id=item.msg.message_id, status="rejected", reason=reason.value if reason else None)
+
+    # ---- writes -------------------------------------------------------------------------------
+
+    def _write(self, accepted: list[tuple[_Item, Content, str]]) -> None:
+        now, conn = self.now, self.conn
+        if accepted:
+            numbers = conn.execute(insert(purchases).returning(purchases.c.application_number,
+                                                               sort_by_parameter_order=True), [
+                {"provider_id": i.msg.provider_id, "order_id": i.msg.order_id, "passport_id": i.msg.passport_id,
+                 "customer_id": i.customer_id, "content_id": i.msg.content_id, "price_type": c.price_type,
+                 "unit_price": c.unit_price, "quantity": i.msg.quantity, "purchased_at": i.msg.occurred_at,
+                 "start_month": i.start,
+                 "last_month": term_last_month(i.start, c.term_months) if c.price_type == MONTHLY_FLAT else i.start,
+                 "term_months": c.term_months,
+                 "dedupe_key": billing.dedupe_key(i.msg.passport_id, i.msg.provider_id, i.msg.content_id)
+                 if c.price_type == MONTHLY_FLAT else None} for i, c, _ in accepted]).scalars().all()
+        events: list[tuple[str, BaseModel]] = []
+        rows = []
+        for (item, content, account), number in zip(accepted, numbers if accepted else []):
+            item.number = number
+            item.decision = item.decision.model_copy(update={"application_number": str(number)})
+            msg, monthly = item.msg, content.price_type == MONTHLY_FLAT
+            for service_month in item.plan:
+                amount = content.unit_price * msg.quantity
+                rows.append({"application_number": number, "customer_id": item.customer_id,
+                             "passport_id": msg.passport_id, "provider_id": msg.provider_id,
+                             "content_id": msg.content_id, "service_month": service_month,
+                             "billing_month": item.month, "quantity": msg.quantity, "amount": amount,
+                             "late": service_month != item.month,
+                             "dedupe_key": billing.dedupe_key(msg.passport_id, msg.provider_id, msg.content_id)
+                             if monthly else None})
+                events.append((outbox.BILLING_RECORDS, ChargeRecord(
+                    event_id=outbox.new_event_id(), application_number=str(number), customer_id=item.customer_id,
+                    billing_account=account, passport_id=msg.passport_id, provider_id=msg.provider_id,
+                    content_id=msg.content_id, month=item.month, quantity=msg.quantity, amount=amount,
+                    late=service_month != item.month)))
+        if rows:
+            conn.execute(insert(charges), rows)
+        decided = [i for i in self.items if i.decision is not None and not i.deferred]
+        if decided:
+            conn.execute(insert(inbox), [
+                {"sender": i.msg.provider_id, "message_id": i.msg.message_id, "task": i.msg.task,
+                 "content_hash": content_hash(i.body), "order_id": i.msg.order_id, "received_at": now,
+                 "decision": i.decision.model_dump(mode="json")} for i in decided])
+        events += [(outbox.provider_results(i.msg.provider_id),
+                    DecisionEvent(event_id=outbox.new_event_id(), **i.decision.model_dump())) for i in decided]
+        outbox.emit_many(conn, events, now=now)
+
