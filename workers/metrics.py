@@ -198,7 +198,7 @@ def serve(port: int, database_url: str, addr: str = "0.0.0.0") -> bool:  # noqa:
     return True
 
 
-def _port() -> int:
+def configured_port() -> int:
     text = os.environ.get("MATOMETE_METRICS_PORT", "").strip()
     try:
         port = int(text) if text else DEFAULT_PORT
@@ -216,7 +216,7 @@ def enable() -> int:
 
     from matomete_core.config import Settings
 
-    port = _port()
+    port = configured_port()
     if port == 0:
         return 0
     database_url = Settings.from_env().database_url

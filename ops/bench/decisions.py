@@ -1,11 +1,13 @@
 """Benchmark: the decision path next to Celery's own ceiling, on this machine's Redis and PostgreSQL.
 
     python ops/bench/decisions.py [--messages N | --quick] [--workers W] [--concurrency C]
+                                  [--mode task|batch] [--size S]
 
 1. baseline: N no-op tasks (``matomete.noop``: same app, queue and settings), sent from a
-   separate process with a bare Celery client, drained end to end by ``matomete worker``;
+   separate process with a bare Celery client, drained end to end by W ``matomete worker``;
 2. the real thing: N signed purchases for N/10 Passport IDs on N/20 lines, sent the same way and
-   decided by the same workers (counted in the inbox);
+   decided by W ``matomete worker`` (``--mode task``, a task per message) or W ``matomete
+   batch-worker`` (``--mode batch``, micro-batches of up to S), counted in the inbox;
 3. latency: purchases offered at half the measured decision rate; send-to-decision time from the
    sender's clock to the result's ``date_done``.
 
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -139,6 +142,33 @@ def _setup(pg_url: str, n: int, env: dict) -> None:
     engine.dispose()
 
 
+@contextmanager
+def _workers(env: dict, logs: str, mode: str, count: int, concurrency: int | None, size: int):  # noqa: ANN202
+    """``count`` worker processes: `matomete worker` (mode task) or `matomete batch-worker` (batch)."""
+    procs = []
+    try:
+        for w in range(count):
+            if mode == "batch":
+                cmd = ["matomete", "batch-worker", "--loglevel=WARNING", f"--size={size}"]
+            else:
+                cmd = ["matomete", "worker", "--loglevel=WARNING", f"--hostname=bench{w}@%h", "--without-heartbeat",
+                       "--without-gossip", "--without-mingle"]
+                if concurrency:
+                    cmd.append(f"--concurrency={concurrency}")
+            log = open(Path(logs) / f"{mode}-worker{w}.log", "w")
+            procs.append(subprocess.Popen(cmd, env={**env, "MATOMETE_METRICS_PORT": "0"}, stdout=log,
+                                          stderr=subprocess.STDOUT))
+        yield procs
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 def _count_decided(pg_url: str) -> tuple[int, int]:
     from sqlalchemy import text
 
@@ -158,6 +188,9 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="2,000 messages")
     p.add_argument("--workers", type=int, default=1, help="worker processes (matomete worker)")
     p.add_argument("--concurrency", type=int, default=None, help="pool processes per worker")
+    p.add_argument("--mode", choices=["task", "batch"], default="task",
+                   help="decide with `matomete worker` (a task per message) or `matomete batch-worker`")
+    p.add_argument("--size", type=int, default=200, help="batch size of `matomete batch-worker`")
     p.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/11")
     p.add_argument("--send", help=argparse.SUPPRESS)
@@ -185,40 +218,30 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MATOMETE_")}
     env.update(MATOMETE_DATABASE_URL=pg_url, MATOMETE_BROKER_URL=args.redis, MATOMETE_RESULT_BACKEND=args.redis,
                MATOMETE_SECRET_KEY=Fernet.generate_key().decode(), PYTHONUNBUFFERED="1")
-    workers, logs = [], tempfile.mkdtemp(prefix="bench-decisions-")
+    logs = tempfile.mkdtemp(prefix="bench-decisions-")
     try:
         _setup(pg_url, n, env)
-        for w in range(args.workers):
-            cmd = ["matomete", "worker", "--loglevel=WARNING", f"--hostname=bench{w}@%h", "--without-heartbeat",
-                   "--without-gossip", "--without-mingle"]
-            if args.concurrency:
-                cmd.append(f"--concurrency={args.concurrency}")
-            log = open(Path(logs) / f"worker{w}.log", "w")
-            workers.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
-        _done_times(args.redis, [t for t, _ in _sender(env, "noop", 20, 10**9, 0, passports)], timeout=120)
-        baseline = _drain(env, args.redis, "noop", n, 0, passports)
-        decisions = _drain(env, args.redis, "purchase", n, 0, passports)
+        with _workers(env, logs, "task", args.workers, args.concurrency, args.size):
+            _done_times(args.redis, [t for t, _ in _sender(env, "noop", 20, 10**9, 0, passports)], timeout=120)
+            baseline = _drain(env, args.redis, "noop", n, 0, passports)
+        with _workers(env, logs, args.mode, args.workers, args.concurrency, args.size):
+            warm = _sender(env, "purchase", 20, 10**8, 0, passports)  # the workers are up and connected
+            _done_times(args.redis, [t for t, _ in warm], timeout=120)
+            decisions = _drain(env, args.redis, "purchase", n, 0, passports)
+            offered = decisions / 2
+            m = max(200, min(n // 2, int(offered * 20)))
+            sent = _sender(env, "purchase", m, n, offered, passports)
+            latencies = sorted((d - s) * 1000 for (_, s), d in zip(sent, _done_times(
+                args.redis, [t for t, _ in sent], timeout=max(120, m / 20))))
         decided, charged = _count_decided(pg_url)
-        offered = decisions / 2
-        m = max(200, min(n // 2, int(offered * 20)))
-        sent = _sender(env, "purchase", m, n, offered, passports)
-        latencies = sorted((d - s) * 1000 for (_, s), d in zip(sent, _done_times(args.redis, [t for t, _ in sent],
-                                                                                   timeout=max(120, m / 20))))
     finally:
-        for w in workers:
-            w.terminate()
-        for w in workers:
-            try:
-                w.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                w.kill()
         with psycopg.connect(args.pg_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
     def pct(q: float) -> float:
         return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1)
 
-    report = {"messages": n, "workers": args.workers, "baseline_per_s": round(baseline), "decisions_per_s": round(decisions),
+    report = {"messages": n, "mode": args.mode, "workers": args.workers, "baseline_per_s": round(baseline), "decisions_per_s": round(decisions),
               "ratio": round(decisions / baseline, 3), "offered_per_s": round(offered), "latency_messages": m,
               "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "mean_ms": round(statistics.mean(latencies), 1),
               "decided": decided, "charges": charged}
@@ -226,7 +249,7 @@ def main() -> None:
     print(f"{'no-op task (Celery ceiling)':<34}{report['baseline_per_s']:>10}", file=sys.stderr)
     print(f"{'purchase decisions':<34}{report['decisions_per_s']:>10}", file=sys.stderr)
     print(f"ratio {report['ratio']}; latency at {report['offered_per_s']}/s: p50 {report['p50_ms']} ms, "
-          f"p95 {report['p95_ms']} ms, p99 {report['p99_ms']} ms; decided {decided} (expected {n + m}), "
+          f"p95 {report['p95_ms']} ms, p99 {report['p99_ms']} ms; decided {decided} (expected {n + m + 20}), "
           f"charges {charged}; worker logs in {logs}", file=sys.stderr)
     print(json.dumps(report))
 

@@ -155,6 +155,33 @@ def worker(ctx: click.Context) -> None:
     app.worker_main(["worker", "-Q", queues, *ctx.args])
 
 
+@cli.command("batch-worker")
+@click.option("--size", default=200, type=click.IntRange(1, 5000), show_default=True,
+              help="most messages decided in one batch")
+@click.option("--loglevel", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+def batch_worker(size: int, loglevel: str) -> None:
+    """Decide provider-events in micro-batches (README, "Micro-batches"); the other queues need a
+    `matomete worker` beside it (`-X provider-events` to leave this queue to the batch workers)."""
+    import logging
+
+    from workers import multiproc
+
+    multiproc.prepare()
+    from workers import logging as json_logs, metrics
+    from workers.batch import BatchWorker
+
+    logging.basicConfig(level=loglevel)
+    json_logs.use_json(logging.getLogger())
+    try:
+        port = metrics.configured_port()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    worker_ = BatchWorker(size=size)
+    if port:
+        metrics.serve(port, worker_.deps.settings.database_url)
+    worker_.run()
+
+
 @cli.command(context_settings=CELERY_PASSTHROUGH)
 @click.pass_context
 def beat(ctx: click.Context) -> None:

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -243,11 +244,11 @@ class System:
                          for name, path in self.logs.items())
 
 
-def _start(system: System, name: str, *args: str) -> subprocess.Popen:
+def _start(system: System, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     log = system.workdir / f"{name}.log"
     system.logs[name] = log
     with log.open("ab") as out:
-        proc = subprocess.Popen([system.matomete, *args], env=system.env, cwd=system.workdir,
+        proc = subprocess.Popen([system.matomete, *args], env={**system.env, **(env or {})}, cwd=system.workdir,
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # its own process group: see _stop
     system.processes[name] = proc
@@ -285,15 +286,19 @@ def _bare_client(broker_url: str, backend_url: str) -> Celery:
 _RUNNING: list[System] = []  # for the failure report hook below
 
 
-@pytest.fixture(scope="session")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    workdir = tmp_path_factory.mktemp("matomete-e2e")
+@contextmanager
+def deployment(tmp_path_factory: pytest.TempPathFactory, mode: str = "task",
+               env: dict[str, str] | None = None) -> Iterator[System]:
+    """A fresh database and Redis DB, loaded, with beat and the workers of ``mode``: `task` — one
+    `matomete worker` on every queue; `batch` — `matomete batch-worker` on provider-events and a
+    `matomete worker -X provider-events` for the rest (README, "Micro-batches")."""
+    workdir = tmp_path_factory.mktemp(f"matomete-e2e-{mode}")
     export_dir = workdir / "exports"
     export_dir.mkdir()
     database_url = fresh_pg_database("matomete_e2e")
     broker_url = fresh_redis_db()
     client = _bare_client(broker_url, broker_url)
-    env = _environment(database_url, broker_url, export_dir)
+    env = {**_environment(database_url, broker_url, export_dir), **(env or {})}
     system = System(env=env, workdir=workdir, matomete=matomete_bin(), client=client,
                     outbox=Outbox(broker_url))
     (workdir / "catalog.json").write_text(json.dumps(CATALOG, ensure_ascii=False, indent=2), encoding="utf-8")
@@ -307,7 +312,12 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         system.cli("catalog", "load", str(workdir / "catalog.json"))
         system.cli("lines", "load", str(workdir / "lines.json"))
 
-        _start(system, "worker", "worker", "--loglevel=INFO", "--concurrency=2")
+        if mode == "batch":
+            _start(system, "batch-worker", "batch-worker", "--loglevel=INFO", "--size=50")
+            _start(system, "worker", "worker", "--loglevel=INFO", "--concurrency=2", "-X", "provider-events",
+                   env={"MATOMETE_METRICS_PORT": str(_free_port())})
+        else:
+            _start(system, "worker", "worker", "--loglevel=INFO", "--concurrency=2")
         if os.environ.get("MATOMETE_E2E_BEAT", "1") != "0":
             _start(system, "beat", "beat")
 
@@ -330,6 +340,12 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         client.close()
         drop_pg_database(database_url)
         release_redis_db(broker_url)
+
+
+@pytest.fixture(scope="session")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    with deployment(tmp_path_factory) as running:
+        yield running
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,0 +1,63 @@
+"""The provider path again, decided by `matomete batch-worker` (micro-batches) instead of a task
+per message: the same contract — the decision as the task's result, on `provider-results`, the
+charges on `billing-records`, the CLI's views — from a bare Celery client and from a raw LPUSH.
+Then a batch worker SIGKILLed with messages in hand: each is decided once, after it comes back.
+Nothing here imports matomete."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import redis
+
+from tests.e2e.conftest import _start, deployment
+from tests.support.services import wait_until
+from tests.e2e.test_provider_path import *  # noqa: F401,F403 — the same specifications
+from tests.e2e.test_provider_path import purchase_message
+from tests.e2e.test_raw_protocol import *  # noqa: F401,F403
+
+pytestmark = pytest.mark.e2e
+
+
+VISIBILITY_TIMEOUT_S = 12  # so that a killed worker's messages come back within the test
+KILL_LINE, KILL_PASSPORT = "CAF0000077701", "kill01"
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):  # noqa: ANN001, ANN201
+    with deployment(tmp_path_factory, mode="batch",
+                    env={"MATOMETE_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S)}) as running:
+        doc = {"lines": [{"customer_id": KILL_LINE, "access_service": "hikari_next", "access_key": "e2e-key-77701",
+                          "billing_account": "06-7770-7701", "omatome_representative": None, "line_limit": 50000,
+                          "restricted": False,
+                          "passport_ids": [{"passport_id": KILL_PASSPORT, "status": "registered", "limit": None,
+                                            "restricted": False, "registered_at": "2019-04-01T10:00:00+09:00"}]}]}
+        path = running.workdir / "kill-line.json"
+        path.write_text(json.dumps(doc), encoding="utf-8")
+        running.cli("lines", "load", str(path))
+        yield running
+
+
+def test_a_batch_worker_killed_with_messages_in_hand_decides_each_once_after_they_come_back(system):
+    # given: a stream of purchases on a batch worker that is SIGKILLed while it works through them
+    messages = [purchase_message(system, provider_id="PB", passport_id=KILL_PASSPORT, content_id="coin")
+                for _ in range(300)]
+    broker = redis.Redis.from_url(system.env["MATOMETE_BROKER_URL"])
+    results = [system.client.send_task("matomete.purchase", args=[m], queue="provider-events") for m in messages]
+    wait_until(lambda: broker.hlen("unacked") > 0, timeout=10, interval=0.001, message="a batch in hand")
+    system.processes["batch-worker"].send_signal(signal.SIGKILL)
+    system.processes["batch-worker"].wait(10)
+    in_hand = broker.hlen("unacked")
+    assert in_hand > 0  # it died holding unacknowledged messages
+    # when: it is started again (its visibility sweep hands back what the dead one held)
+    _start(system, "batch-worker", "batch-worker", "--loglevel=INFO", "--size=50")
+    decisions = [r.get(timeout=VISIBILITY_TIMEOUT_S + 60) for r in results]
+    # then: every message has its decision — all accepted, 300 × 100 yen is within the limits —
+    # and each is charged once
+    assert {d["message_id"] for d in decisions} == {m["message_id"] for m in messages}
+    assert {d["status"] for d in decisions} == {"accepted"}
+    assert len({d["application_number"] for d in decisions}) == len(messages)
+    statement = system.cli_json("statement", KILL_LINE, system.month_of(messages[0]["occurred_at"]))
+    assert (statement["total_count"], statement["total_amount"]) == (len(messages), 100 * len(messages))

@@ -1,0 +1,252 @@
+"""`matomete batch-worker`: provider events taken from Redis in groups and decided in micro-batches.
+
+The same Celery task messages on the same ``provider-events`` queue as `matomete worker`, with the
+same outcome for the sender: the decision stored as the task's result in the result backend (so
+``AsyncResult.get()`` works), and the same rows and outbound messages (service.batch). What differs
+is the plumbing — one round trip to take up to ``size`` messages, one transaction to decide them,
+one pipeline to store their results, one to acknowledge them:
+
+* take: a Lua script pops the messages and, in the same atomic step, records each one in kombu's
+  ``unacked`` hash and ``unacked_index`` exactly as kombu does for a consumer — so if this process
+  dies, any worker's visibility sweep (kombu's ``restore_visible``, which this loop runs too) puts
+  them back on the queue after the visibility timeout;
+* decide (service.batch.decide_batch), commit, publish the outbound messages;
+* store every result, then acknowledge every message. Killed in between: the messages come back
+  and replay from the inbox.
+
+Transient database errors keep the batch and retry it with backoff (its messages stay
+unacknowledged, their visibility renewed). A message that comes back redelivered is decided on its
+own and acknowledged at once; one whose worker died with it MAX_DELIVERIES times is quarantined
+(workers.tasks has the same rule for `matomete worker`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import redis
+from celery import states
+from kombu import Connection as KombuConnection
+
+from matomete_core.adapters.database import is_transient
+from matomete_core.adapters.relay import publish_written
+from matomete_core.reasons import Quarantine
+from matomete_core.service import batch, bus
+from matomete_core.service.quarantine import quarantine_message
+from workers import metrics
+from workers.app import TIMINGS, app
+from workers.tasks import MAX_ATTEMPTS, MAX_DELIVERIES, deps
+
+log = logging.getLogger(__name__)
+
+QUEUE = "provider-events"
+UNACKED, UNACKED_INDEX = "unacked", "unacked_index"  # kombu's Redis transport keys (its defaults)
+
+# KEYS: queue, unacked, unacked_index; ARGV: how many, now. Pops like kombu's BRPOP (oldest first)
+# and records each message as kombu's QoS.append does: [payload, exchange, routing_key] by tag.
+_TAKE = """
+local out = {}
+for i = 1, tonumber(ARGV[1]) do
+  local raw = redis.call('RPOP', KEYS[1])
+  if not raw then break end
+  local ok, m = pcall(cjson.decode, raw)
+  if ok and type(m) == 'table' and type(m['properties']) == 'table'
+     and m['properties']['delivery_tag'] then
+    local tag = m['properties']['delivery_tag']
+    local di = m['properties']['delivery_info'] or {}
+    redis.call('ZADD', KEYS[3], ARGV[2], tag)
+    redis.call('HSET', KEYS[2], tag, '[' .. raw .. ',' .. cjson.encode(di['exchange'] or '') .. ','
+               .. cjson.encode(di['routing_key'] or KEYS[1]) .. ']')
+  end
+  table.insert(out, raw)
+end
+return out
+"""
+
+
+@dataclass
+class Taken:
+    """One message as taken from the queue."""
+
+    raw: bytes
+    tag: str | None = None
+    task_id: str | None = None
+    task: str = ""
+    args: list | None = None
+    kwargs: dict | None = None
+    redelivered: bool = False
+    problem: str | None = None  # why it is not a task message we can decide
+
+
+def decode(raw: bytes) -> Taken:
+    """A kombu message carrying a Celery protocol-2 task, JSON-serialized."""
+    taken = Taken(raw)
+    try:
+        payload = json.loads(raw)
+        props, headers = payload["properties"], payload["headers"]
+        taken.tag, taken.task_id, taken.task = props.get("delivery_tag"), headers.get("id"), headers.get("task") or ""
+        taken.redelivered = bool(headers.get("redelivered") or (props.get("delivery_info") or {}).get("redelivered"))
+        if payload.get("content-type") != "application/json":
+            taken.problem = f"content type {payload.get('content-type')!r}: JSON messages only"
+            return taken
+        body = payload["body"]
+        if props.get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args, kwargs, _embed = json.loads(body)
+        taken.args, taken.kwargs = list(args), dict(kwargs)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        taken.problem = taken.problem or f"not a Celery protocol 2 task message: {type(exc).__name__}"
+    return taken
+
+
+class BatchWorker:
+    def __init__(self, *, size: int = 200, max_idle_s: float = 0.02):
+        self.size, self.max_idle_s = size, max_idle_s
+        self.deps = deps()
+        self.redis = redis.Redis.from_url(self.deps.settings.broker_url)
+        self.take_script = self.redis.register_script(_TAKE)
+        self.backend = app.backend
+        self.stopping = False
+        self._sweep_at = 0.0
+        self._kombu = KombuConnection(self.deps.settings.broker_url,
+                                      transport_options=app.conf.broker_transport_options)
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._stop)
+        log.info("batch worker consuming %s, up to %d messages a batch", QUEUE, self.size)
+        idle = 0.0
+        while not self.stopping:
+            self._sweep()
+            taken = self.take()
+            if not taken:
+                idle = min(self.max_idle_s, max(0.001, idle * 2))
+                time.sleep(idle)
+                continue
+            idle = 0.0
+            self.process(taken)
+        self._kombu.release()
+
+    def _stop(self, *_: Any) -> None:
+        self.stopping = True  # finish the batch in hand, then return
+
+    def take(self) -> list[Taken]:
+        raws = self.take_script(keys=[QUEUE, UNACKED, UNACKED_INDEX], args=[self.size, time.time()])
+        return [decode(raw) for raw in raws]
+
+    def process(self, taken: list[Taken]) -> None:
+        """Decide, store the results, acknowledge; a transient error keeps the batch and retries."""
+        fresh = [t for t in taken if not t.redelivered and t.problem is None]
+        attempt = 0
+        while True:
+            try:
+                started = time.monotonic()
+                decisions = batch.decide_batch(self.deps, [(t.task, t.args, t.kwargs) for t in fresh],
+                                               now=_now(), on_commit=self._publish) if fresh else []
+                break
+            except Exception as exc:  # noqa: BLE001
+                if not is_transient(exc):
+                    log.exception("a batch failed; deciding its messages one by one")
+                    decisions = [self._decide_alone(t) for t in fresh]
+                    break
+                attempt += 1
+                pause = min(TIMINGS.max_retry_backoff, 2 ** min(attempt, 5))
+                log.warning("transient error, retrying the batch of %d in %ss: %s", len(fresh), pause,
+                            type(exc).__name__)
+                self._renew([t for t in taken if t.tag])
+                time.sleep(pause)
+        seconds = (time.monotonic() - started) / max(1, len(fresh))
+        for t, decision in zip(fresh, decisions):
+            metrics.observe_decision(t.task, decision, seconds)
+        self.finish(list(zip(fresh, decisions)))
+        for t in taken:  # the undecodable, and the redelivered: one at a time, acknowledged at once
+            if t.problem is not None:
+                self.finish([(t, self._quarantine(t, Quarantine.INVALID_MESSAGE, t.problem))])
+            elif t.redelivered:
+                self.finish([(t, self._decide_redelivered(t))])
+
+    def finish(self, done: list[tuple[Taken, dict]]) -> None:
+        """Store each result (as Celery's Redis backend does), then acknowledge each message."""
+        with self.backend.client.pipeline() as pipe:
+            for t, decision in done:
+                if t.task_id:
+                    meta = self.backend._get_result_meta(result=decision, state=states.SUCCESS, traceback=None,
+                                                         request=None)
+                    value = self.backend.encode({**meta, "task_id": t.task_id})
+                    key = self.backend.get_key_for_task(t.task_id)
+                    pipe.setex(key, self.backend.expires, value)
+                    pipe.publish(key, value)
+            pipe.execute()
+        with self.redis.pipeline() as pipe:
+            for t, _ in done:
+                if t.tag:
+                    pipe.zrem(UNACKED_INDEX, t.tag).hdel(UNACKED, t.tag)
+            pipe.execute()
+
+    # ---- one at a time -------------------------------------------------------------------------
+
+    def _decide_redelivered(self, t: Taken) -> dict:
+        key = f"matomete:deliveries:{t.task_id}"
+        count, _ = self.redis.pipeline().incr(key).expire(key, 24 * 3600).execute()
+        if int(count) >= MAX_DELIVERIES:
+            return bus.quarantine_failure(self.deps, t.task, t.args or [], t.kwargs or {},
+                                          RuntimeError("the worker died with it each time"), MAX_DELIVERIES,
+                                          now=_now())
+        return self._decide_alone(t)
+
+    def _decide_alone(self, t: Taken) -> dict:
+        """As `matomete worker` decides: transient errors wait and retry, others MAX_ATTEMPTS times."""
+        attempt = 0
+        while True:
+            try:
+                return bus.handle(self.deps, t.task, t.args or [], t.kwargs or {}, now=_now(),
+                                  on_commit=self._publish)
+            except Exception as exc:  # noqa: BLE001
+                attempt += 1
+                if not is_transient(exc) and attempt >= MAX_ATTEMPTS:
+                    log.exception("handling failed %d times; quarantined", attempt)
+                    return bus.quarantine_failure(self.deps, t.task, t.args or [], t.kwargs or {}, exc,
+                                                  MAX_ATTEMPTS, now=_now())
+                self._renew([t] if t.tag else [])
+                time.sleep(min(TIMINGS.max_retry_backoff, 2 ** min(attempt, 5)))
+
+    def _quarantine(self, t: Taken, reason: Quarantine, detail: str) -> dict:
+        body = t.raw.decode("utf-8", "replace")
+        return quarantine_message(self.deps.engine, task=t.task or "unknown", reason=reason, detail=detail,
+                                  body=body, now=_now()).model_dump(mode="json")
+
+    # ---- plumbing --------------------------------------------------------------------------------
+
+    def _publish(self, rows: list) -> None:
+        try:
+            publish_written(self.deps.engine, self.deps.publisher, rows, now=_now())
+        except Exception:  # noqa: BLE001 — the outbox keeps them; beat relays
+            log.warning("publishing after commit failed; beat will relay", exc_info=True)
+
+    def _renew(self, held: list[Taken]) -> None:
+        """Still working on these: keep the visibility sweep from handing them out again."""
+        if held:
+            self.redis.zadd(UNACKED_INDEX, {t.tag: time.time() for t in held})
+
+    def _sweep(self) -> None:
+        """kombu's visibility sweep, as a consuming worker runs it: messages of dead consumers back."""
+        if time.monotonic() < self._sweep_at:
+            return
+        self._sweep_at = time.monotonic() + TIMINGS.restore_interval
+        try:
+            self._kombu.default_channel.qos.restore_visible(num=100, interval=1)
+        except Exception:  # noqa: BLE001 — the next sweep tries again
+            log.warning("visibility sweep failed", exc_info=True)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
