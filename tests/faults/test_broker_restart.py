@@ -47,7 +47,7 @@ def test_redis_restarted_mid_stream_keeps_its_queue_and_everything_is_decided_on
     d: Deployment = deployment(MATOMETE_VISIBILITY_TIMEOUT=str(VISIBILITY_S))
     d.start_worker("w1")
     beat = d.start("beat", [d.matomete, "beat", "--loglevel=INFO", "-s", str(d.workdir / "beat-schedule")])
-    flow = Flow(d, "redis").build(240).start(pace=0.01)
+    flow = Flow(d, "redis").build(240).start(pace=0.002)
     wait_until(lambda: waiting(d)[0] >= 40 and flow.decided() >= 10, timeout=60,
                message="a backlog on provider-events")
 

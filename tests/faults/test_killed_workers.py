@@ -63,6 +63,25 @@ def kill_a_pool_process_mid_task(d: Deployment, worker: str, attempts: int = 40)
     raise AssertionError(f"no task of {worker} was ever caught running")
 
 
+def kill_worker_mid_task(d: Deployment, worker: str, attempts: int = 40) -> None:
+    """SIGKILL the whole of ``worker`` while one of its pool processes runs a task — so that it
+    surely dies with a message in hand: its pool is stopped (SIGSTOP) while it is asked."""
+    main = d.processes[worker].pid
+    node = f"{worker}@faults"
+    inspect = d.client.control.inspect(destination=[node], timeout=2, limit=1)
+    for _ in range(attempts):
+        pool = children_of(main)
+        for pid in pool:
+            os.kill(pid, signal.SIGSTOP)
+        if any(t.get("worker_pid") in pool for t in (inspect.active() or {}).get(node, [])):
+            d.kill(worker)
+            return
+        for pid in pool:
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.1)
+    raise AssertionError(f"{worker} was never caught running a task")
+
+
 def unacked(d: Deployment) -> dict[str, str]:
     """Redis' unacknowledged messages: delivery tag -> the message_id of the task's message."""
     found = {}
@@ -79,11 +98,11 @@ def unacked(d: Deployment) -> dict[str, str]:
 
 
 def test_a_pool_process_and_a_whole_worker_killed_mid_stream_lose_and_double_nothing(deployment):
-    # given two workers with a short visibility timeout, and 300 provider messages flowing in
+    # given two workers with a short visibility timeout, and 900 provider messages flowing in
     d: Deployment = deployment(MATOMETE_VISIBILITY_TIMEOUT=str(VISIBILITY_S))
     d.start_worker("w1")
     d.start_worker("w2")
-    flow = Flow(d, "kill").build(300).start(pace=0.03)
+    flow = Flow(d, "kill").build(900).start(pace=0.01)  # still flowing when w1 is killed whole
     wait_until(lambda: flow.decided() >= 30, timeout=60, message="the flow to get going")
 
     # when a pool process of each worker is SIGKILLed in the middle of a task
@@ -97,10 +116,10 @@ def test_a_pool_process_and_a_whole_worker_killed_mid_stream_lose_and_double_not
     decided_at = flow.decided_times(caught, timeout=60)
     pool_kill_recovery = max(decided_at[mid] - at for at, ids in kills for mid in ids)
 
-    # when the whole of w1 is SIGKILLed while messages still flow, and started again a moment later
+    # when the whole of w1 is SIGKILLed in the middle of a task, and started again a moment later
     sent_before_kill = flow.sent_ids()
     killed_at = time.monotonic()
-    d.kill("w1")
+    kill_worker_mid_task(d, "w1")
     time.sleep(1)  # w2 acknowledges what it runs; what stays unacknowledged was w1's
     orphans = unacked(d)
     d.start_worker("w1")
