@@ -112,6 +112,14 @@ def test_worker_runs_matomete_worker_and_can_be_scaled(services):
     assert worker.get("deploy", {}).get("replicas", 1) >= 1
 
 
+def test_the_batch_worker_is_an_optional_scalable_service_started_after_the_migration(services):
+    batch = services["batch-worker"]
+    assert command(batch)[:2] == ["matomete", "batch-worker"]
+    assert batch["profiles"] == ["batch"] and "container_name" not in batch
+    assert waits_for(batch)["migrate"] == "service_completed_successfully"
+    assert "MATOMETE_DATABASE_URL" in batch["environment"]
+
+
 def test_beat_runs_matomete_beat_in_exactly_one_container(services):
     beat = services["beat"]
     assert command(beat) == ["matomete", "beat"]
