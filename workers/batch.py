@@ -39,6 +39,7 @@ from matomete_core.adapters.database import is_transient
 from matomete_core.adapters.relay import publish_written
 from matomete_core.reasons import Quarantine
 from matomete_core.service import batch, bus
+from matomete_core.service.deps import Deps
 from matomete_core.service.quarantine import quarantine_message
 from workers import metrics
 from workers.app import TIMINGS, app
@@ -107,12 +108,13 @@ def decode(raw: bytes) -> Taken:
 
 
 class BatchWorker:
-    def __init__(self, *, size: int = 200, max_idle_s: float = 0.02):
+    def __init__(self, *, size: int = 200, max_idle_s: float = 0.02, deps_: Deps | None = None,
+                 backend: Any = None):
         self.size, self.max_idle_s = size, max_idle_s
-        self.deps = deps()
+        self.deps = deps_ or deps()
         self.redis = redis.Redis.from_url(self.deps.settings.broker_url)
         self.take_script = self.redis.register_script(_TAKE)
-        self.backend = app.backend
+        self.backend = backend or app.backend  # Celery's result backend: results as a task's
         self.stopping = False
         self._sweep_at = 0.0
         self._kombu = KombuConnection(self.deps.settings.broker_url,
@@ -183,7 +185,7 @@ class BatchWorker:
                                                          request=None)
                     value = self.backend.encode({**meta, "task_id": t.task_id})
                     key = self.backend.get_key_for_task(t.task_id)
-                    pipe.setex(key, self.backend.expires, value)
+                    pipe.set(key, value, ex=self.backend.expires)
                     pipe.publish(key, value)
             pipe.execute()
         with self.redis.pipeline() as pipe:

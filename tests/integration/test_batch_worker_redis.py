@@ -1,0 +1,150 @@
+"""`matomete batch-worker`'s plumbing on the real Redis and PostgreSQL (workers.batch): messages it
+takes are held as kombu holds them, answered as Celery answers, acknowledged only after; a
+transient database error keeps the batch; a body that is no task is quarantined; a message its
+worker died with MAX_DELIVERIES times is quarantined."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import redis
+from celery import Celery
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+
+from matomete_core.adapters.relay import KombuPublisher
+from matomete_core.adapters.tables import charges, quarantine
+from matomete_core.testing import signed
+from tests.unit.conftest import SECRETS, jst
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def setup(pg_deps, redis_url):  # noqa: ANN001, ANN201
+    from workers.batch import BatchWorker
+
+    deps = replace(pg_deps, settings=replace(pg_deps.settings, broker_url=redis_url),
+                   publisher=KombuPublisher(redis_url))
+    client = Celery("sender", broker=redis_url, backend=redis_url, set_as_current=False)
+    client.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    worker = BatchWorker(size=50, deps_=deps, backend=client.backend)
+    yield worker, client, redis.Redis.from_url(redis_url)
+    client.close()
+
+
+def purchase(n: int) -> dict:
+    at = jst("2026-08-10 12:00")  # the results are stored with the wall clock; the decision uses now
+    return signed({"message_id": f"bw-{n}", "occurred_at": at.isoformat(), "provider_id": "PB",
+                   "order_id": f"bw-{n}", "passport_id": "user03", "content_id": "coin", "quantity": 1},
+                  SECRETS["PB"])
+
+
+def send(client: Celery, bodies: list[dict]) -> list:
+    return [client.send_task("matomete.purchase", args=[b], queue="provider-events") for b in bodies]
+
+
+def charged(worker) -> int:  # noqa: ANN001
+    with worker.deps.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(charges)).scalar_one()
+
+
+@pytest.fixture(autouse=True)
+def _clock(monkeypatch):  # noqa: ANN001
+    """Decide as of the messages' day, as the unit tier does."""
+    import workers.batch
+
+    monkeypatch.setattr(workers.batch, "_now", lambda: jst("2026-08-10 12:30"))
+
+
+def test_taken_messages_are_held_as_kombu_holds_them_until_their_results_are_stored(setup):
+    worker, client, r = setup
+    results = send(client, [purchase(n) for n in range(5)])
+    taken = worker.take()
+    assert len(taken) == 5 and r.llen("provider-events") == 0
+    assert r.hlen("unacked") == 5 and r.zcard("unacked_index") == 5  # a sweep would restore them
+    held = json.loads(r.hget("unacked", taken[0].tag))
+    assert held[0]["headers"]["id"] == taken[0].task_id and held[2] == "provider-events"
+
+    worker.process(taken)
+
+    assert [res.get(timeout=5)["status"] for res in results] == ["accepted"] * 5
+    assert r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0
+    assert charged(worker) == 5
+
+
+def test_a_transient_database_error_keeps_the_batch_and_retries_it(setup, monkeypatch):
+    worker, client, r = setup
+    results = send(client, [purchase(n) for n in range(3)])
+    from matomete_core.service import batch
+
+    real, calls = batch.decide_batch, []
+
+    def flaky(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(r.hlen("unacked"))
+        if len(calls) == 1:
+            raise OperationalError("SELECT 1", {}, Exception("the database is restarting"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "decide_batch", flaky)
+    monkeypatch.setattr("workers.batch.time.sleep", lambda _s: None)
+    worker.process(worker.take())
+    assert calls == [3, 3]  # held, unacknowledged, through the retry
+    assert [res.get(timeout=5)["status"] for res in results] == ["accepted"] * 3
+    assert charged(worker) == 3 and r.hlen("unacked") == 0
+
+
+def test_a_body_that_is_no_task_message_is_quarantined_and_acknowledged(setup):
+    worker, _client, r = setup
+    r.lpush("provider-events", b"\xff not json")
+    r.lpush("provider-events", json.dumps({"body": "W10=", "headers": {"id": "x", "task": "matomete.purchase"},
+                                           "content-type": "application/x-python-serialize",
+                                           "properties": {"delivery_tag": "t-1", "body_encoding": "base64"}}))
+    worker.process(worker.take())
+    with worker.deps.engine.connect() as conn:
+        reasons = list(conn.execute(select(quarantine.c.reason)).scalars())
+    assert reasons == ["INVALID_MESSAGE", "INVALID_MESSAGE"]
+    assert r.hlen("unacked") == 0 and r.llen("provider-events") == 0
+
+
+class Died(BaseException):
+    """The worker process dies while deciding (killed, out of memory): nothing after runs."""
+
+
+def test_a_message_its_worker_died_with_five_times_is_quarantined(setup, monkeypatch):
+    from matomete_core.service import batch
+    from workers.tasks import MAX_DELIVERIES
+
+    def die(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise Died()
+
+    worker, client, r = setup
+    monkeypatch.setattr(batch, "decide_batch", die)  # its first delivery kills the worker
+    monkeypatch.setattr(worker, "_decide_alone", die)  # and so does every redelivery
+    [result] = send(client, [purchase(1)])
+    for delivery in range(1 + MAX_DELIVERIES):
+        [taken] = worker.take()
+        try:
+            worker.process([taken])
+            break
+        except Died:  # the visibility sweep hands it out again, marked redelivered
+            worker._kombu.default_channel.qos.restore_by_tag(taken.tag)
+    assert delivery == MAX_DELIVERIES  # five redeliveries died; the fifth is quarantined instead
+    assert (result.get(timeout=5)["status"], result.get()["reason"]) == ("quarantined", "PROCESSING_FAILED")
+    assert charged(worker) == 0 and r.hlen("unacked") == 0
+
+
+def test_a_redelivered_message_that_was_decided_replays_its_first_decision(setup):
+    worker, client, r = setup
+    [result] = send(client, [purchase(7)])
+    [taken] = worker.take()
+    worker.process([taken])
+    first = result.get(timeout=5)
+    client.send_task("matomete.purchase", args=[purchase(7)], queue="provider-events", task_id=result.id)
+    [again] = worker.take()
+    again.redelivered = True  # as after a sweep
+    worker.process([again])
+    assert client.AsyncResult(result.id).get(timeout=5) == {**first, "replayed": True}
+    assert charged(worker) == 1
