@@ -22,11 +22,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache, partial
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Connection, insert, select, tuple_
+from sqlalchemy import Connection, Select, bindparam, func, insert, literal, select, tuple_, union_all
 
 from matomete_core.adapters.database import is_transient, lock_keys
 from matomete_core.adapters.tables import (
@@ -130,9 +131,7 @@ def _decide_run(deps: Deps, items: list[_Item], now: datetime, on_commit: OnComm
     try:
         with outbox.track() as written:
             with deps.engine.begin() as conn:
-                fresh = _without_redeliveries(conn, items)
-                if fresh:
-                    _Decider(conn, fresh, now).run()
+                _Decider(conn, items, now).run()
             if on_commit is not None and written:
                 on_commit(written)
     except Exception as exc:
@@ -154,12 +153,30 @@ def _decide_run(deps: Deps, items: list[_Item], now: datetime, on_commit: OnComm
     return out
 
 
-def _without_redeliveries(conn: Connection, items: list[_Item]) -> list[_Item]:
-    """The items whose message id is new; the others replay (or conflict) on the one-message path."""
-    keys = [(i.msg.provider_id, i.msg.message_id) for i in items]
-    seen = {tuple(r) for r in conn.execute(select(inbox.c.sender, inbox.c.message_id)
-                                           .where(tuple_(inbox.c.sender, inbox.c.message_id).in_(keys)))}
-    return [i for i in items if (i.msg.provider_id, i.msg.message_id) not in seen]
+@lru_cache(maxsize=1)
+def _reads() -> dict[str, Select]:
+    """The batch's reads, built once; each takes its lists as expanding parameters."""
+    p, h, ib, pid, lb = purchases.c, held_cancels.c, inbox.c, passport_ids.c, line_billing.c
+    listed = partial(bindparam, expanding=True)
+    facts = union_all(  # (kind, key, value): everything the order locks and the month locks protect
+        select(literal("taken"), p.provider_id, p.order_id).where(tuple_(p.provider_id, p.order_id).in_(listed("o1"))),
+        select(literal("held"), h.provider_id, h.order_id).where(tuple_(h.provider_id, h.order_id).in_(listed("o2"))),
+        select(literal("seen"), ib.sender, ib.message_id).where(tuple_(ib.sender, ib.message_id).in_(listed("ids"))),
+        select(literal("customer"), pid.passport_id, pid.customer_id).where(pid.passport_id.in_(listed("passports"))),
+        select(literal("shut"), billing_months.c.month, literal("")).where(billing_months.c.month >= bindparam("first")),
+    )
+    c = contents.c
+    usage = billing.month_lines(bindparam("month"), open_month=True, customer_id=listed("customers")).subquery()
+    return {
+        "facts": facts,
+        "contents": select(contents).where(tuple_(c.provider_id, c.content_id).in_(listed("contents"))),
+        "lines": select(lines).where(lines.c.customer_id.in_(listed("customers"))).order_by(lines.c.customer_id),
+        "holders": select(passport_ids).where(pid.passport_id.in_(listed("passports"))),
+        "accounts": select(lb.customer_id, lb.from_month, lb.billing_account)
+        .where(lb.customer_id.in_(listed("customers"))).order_by(lb.from_month),
+        "usage": select(usage.c.customer_id, usage.c.passport_id, func.sum(usage.c.amount))
+        .group_by(usage.c.customer_id, usage.c.passport_id),
+    }
 
 
 class _Decider:
@@ -173,8 +190,12 @@ class _Decider:
         for item in self.items:
             item.start = billing_month(item.msg.occurred_at)
         self._lock_orders_and_months()
-        taken, held, content_of, customer_of = self._order_facts()
-        self._place_in_open_months()
+        facts = self._facts()
+        taken, held, customer_of = facts["taken"], facts["held"], dict(facts["customer"])
+        redelivered = facts["seen"]
+        self.items = [i for i in self.items if (i.msg.provider_id, i.msg.message_id) not in redelivered]
+        content_of = self._contents()
+        self._place_in_open_months({month for month, _ in facts["shut"]})
         for item in self.items:
             item.customer_id = customer_of.get(item.msg.passport_id)
         line_of = self._lock_lines()
@@ -237,26 +258,25 @@ class _Decider:
         lock_keys(self.conn, orders=[(i.msg.provider_id, i.msg.order_id) for i in self.items],
                   shared_months={i.start for i in self.items})
 
-    def _order_facts(self):  # noqa: ANN202
-        c, p = contents.c, purchases.c
+    def _facts(self) -> dict[str, set[tuple[str, str]]]:
         orders = list({(i.msg.provider_id, i.msg.order_id) for i in self.items})
-        taken = {tuple(r) for r in self.conn.execute(select(p.provider_id, p.order_id)
-                                                     .where(tuple_(p.provider_id, p.order_id).in_(orders)))}
-        held = {tuple(r) for r in self.conn.execute(select(held_cancels.c.provider_id, held_cancels.c.order_id).where(
-            tuple_(held_cancels.c.provider_id, held_cancels.c.order_id).in_(orders)))}
-        wanted = list({(i.msg.provider_id, i.msg.content_id) for i in self.items})
-        content_of = {(r.provider_id, r.content_id): Content(r.provider_id, r.content_id, r.name, r.price_type,
-                                                             r.unit_price, r.term_months)
-                      for r in self.conn.execute(select(contents).where(
-                          tuple_(c.provider_id, c.content_id).in_(wanted)))}
-        customer_of = dict(self.conn.execute(select(passport_ids.c.passport_id, passport_ids.c.customer_id).where(
-            passport_ids.c.passport_id.in_({i.msg.passport_id for i in self.items}))).all())
-        return taken, held, content_of, customer_of
+        out: dict[str, set[tuple[str, str]]] = {"taken": set(), "held": set(), "seen": set(), "customer": set(),
+                                                "shut": set()}
+        for kind, key, value in self.conn.execute(_reads()["facts"], {
+                "o1": orders, "o2": orders, "ids": [(i.msg.provider_id, i.msg.message_id) for i in self.items],
+                "passports": list({i.msg.passport_id for i in self.items}),
+                "first": min(i.start for i in self.items)}):
+            out[kind].add((key, value))
+        return out
 
-    def _place_in_open_months(self) -> None:
+    def _contents(self) -> dict[tuple[str, str], Content]:
+        wanted = list({(i.msg.provider_id, i.msg.content_id) for i in self.items})
+        return {(r.provider_id, r.content_id): Content(r.provider_id, r.content_id, r.name, r.price_type,
+                                                       r.unit_price, r.term_months)
+                for r in self.conn.execute(_reads()["contents"], {"contents": wanted})} if wanted else {}
+
+    def _place_in_open_months(self, shut: set[str]) -> None:
         """Each item's billing month: its own, or the first open one after it (a late charge)."""
-        first = min(i.start for i in self.items)
-        shut = set(self.conn.execute(select(billing_months.c.month).where(billing_months.c.month >= first)).scalars())
         later = set()
         for item in self.items:
             month = item.start
@@ -270,23 +290,18 @@ class _Decider:
 
     def _lock_lines(self) -> dict[str, Any]:
         wanted = sorted({i.customer_id for i in self.items if i.customer_id is not None})
-        stmt = select(lines).where(lines.c.customer_id.in_(wanted)).order_by(lines.c.customer_id)
-        if self.pg:
-            stmt = stmt.with_for_update()
-        return {r.customer_id: r for r in self.conn.execute(stmt)} if wanted else {}
+        stmt = _reads()["lines"].with_for_update() if self.pg else _reads()["lines"]
+        return {r.customer_id: r for r in self.conn.execute(stmt, {"customers": wanted})} if wanted else {}
 
     def _holders(self) -> dict[str, Any]:
-        wanted = {i.msg.passport_id for i in self.items if i.customer_id is not None}
-        return {r.passport_id: r for r in self.conn.execute(
-            select(passport_ids).where(passport_ids.c.passport_id.in_(wanted)))} if wanted else {}
+        wanted = list({i.msg.passport_id for i in self.items if i.customer_id is not None})
+        return {r.passport_id: r for r in self.conn.execute(_reads()["holders"], {"passports": wanted})} \
+            if wanted else {}
 
     def _accounts(self) -> dict[tuple[str | None, str], str]:
         """Each line's billing account in each month the batch bills: the latest change effective by then."""
-        wanted = {i.customer_id for i in self.items if i.customer_id is not None}
-        rows = self.conn.execute(select(line_billing.c.customer_id, line_billing.c.from_month,
-                                        line_billing.c.billing_account)
-                                 .where(line_billing.c.customer_id.in_(wanted))
-                                 .order_by(line_billing.c.from_month)).all() if wanted else []
+        wanted = list({i.customer_id for i in self.items if i.customer_id is not None})
+        rows = self.conn.execute(_reads()["accounts"], {"customers": wanted}).all() if wanted else []
         out: dict[tuple[str | None, str], str] = {}
         for item in self.items:
             for customer_id, from_month, account in rows:
@@ -300,7 +315,8 @@ class _Decider:
         for month in {i.month for i in self.items}:
             wanted = sorted({i.customer_id for i in self.items if i.month == month and i.customer_id is not None})
             if wanted:
-                for customer_id, passport_id, amount in billing.lines_usage(self.conn, month, wanted):
+                for customer_id, passport_id, amount in self.conn.execute(_reads()["usage"],
+                                                                          {"month": month, "customers": wanted}):
                     out.setdefault((month, customer_id), {})[passport_id] = int(amount)
         return out
 

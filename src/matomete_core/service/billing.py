@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Select, bindparam, exists, func, literal, or_
 from matomete_core.adapters.tables import charges, purchases
 from matomete_core.rules.purchase import MONTHLY_FLAT
 
-__all__ = ["month_lines", "usage", "line_usage", "lines_usage", "dedupe_key"]
+__all__ = ["month_lines", "usage", "line_usage", "dedupe_key"]
 
 
 def dedupe_key(passport_id: str, provider_id: str, content_id: str) -> str:
@@ -25,8 +25,9 @@ def dedupe_key(passport_id: str, provider_id: str, content_id: str) -> str:
 Customers = str | list[str] | None  # one line, some lines, or all
 
 
-def _of(column, customer_id: str | list[str]):  # noqa: ANN001, ANN202
-    return column.in_(customer_id) if isinstance(customer_id, list) else column == customer_id
+def _of(column, customer_id):  # noqa: ANN001, ANN202 — a value, a list, or a bound parameter of either
+    many = isinstance(customer_id, list) or getattr(customer_id, "expanding", False)
+    return column.in_(customer_id) if many else column == customer_id
 
 
 def _charged(month: str, customer_id: Customers, passport_id: str | None) -> Select:
@@ -87,14 +88,6 @@ def _usage_by_passport() -> Select:
     """Built once: an open month's lines of one line, summed per Passport ID."""
     lines = month_lines(bindparam("month"), open_month=True, customer_id=bindparam("customer_id")).subquery()
     return select(lines.c.passport_id, func.sum(lines.c.amount)).group_by(lines.c.passport_id)
-
-
-def lines_usage(conn: Connection, month: str, customer_ids: list[str]) -> list[tuple[str, str, int]]:
-    """Usage of an open month per line and Passport ID, for many lines in one query."""
-    lines = month_lines(month, open_month=True, customer_id=list(customer_ids)).subquery()
-    return [tuple(r) for r in conn.execute(
-        select(lines.c.customer_id, lines.c.passport_id, func.sum(lines.c.amount))
-        .group_by(lines.c.customer_id, lines.c.passport_id))]
 
 
 def line_usage(conn: Connection, month: str, customer_id: str) -> dict[str, int]:
