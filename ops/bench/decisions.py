@@ -1,15 +1,20 @@
 """Benchmark: the decision path next to Celery's own ceiling, on this machine's Redis and PostgreSQL.
 
     python ops/bench/decisions.py [--messages N | --quick] [--workers W] [--concurrency C]
-                                  [--mode task|batch] [--size S]
+                                  [--mode task|batch] [--size S] [--preload R]
 
 1. baseline: N no-op tasks (``matomete.noop``: same app, queue and settings), sent from a
-   separate process with a bare Celery client, drained end to end by W ``matomete worker``;
-2. the real thing: N signed purchases for N/10 Passport IDs on N/20 lines, sent the same way and
+   separate process with a bare Celery client, then drained by W ``matomete worker``;
+2. the real thing: N signed purchases for N/10 Passport IDs on N/20 lines, sent the same way, then
    decided by W ``matomete worker`` (``--mode task``, a task per message) or W ``matomete
    batch-worker`` (``--mode batch``, micro-batches of up to S), counted in the inbox;
+   both rates are taken from the first result to the last of a queue filled beforehand, so neither
+   the sender's speed nor the workers' start-up counts;
 3. latency: purchases offered at half the measured decision rate; send-to-decision time from the
    sender's clock to the result's ``date_done``.
+
+``--preload R`` first fills the tables with R decided purchases of an earlier month (charges, inbox,
+outbox rows too), to show the cost of a decision as the tables grow.
 
 Prints a table and a final JSON line: ``baseline_per_s, decisions_per_s, ratio, p50_ms, p95_ms,
 p99_ms``. A script, not a test: compare ratios measured in one run, not seconds across runs.
@@ -107,14 +112,43 @@ def _done_times(redis_url: str, ids: list[str], timeout: float) -> list[float]:
     return [done[t] for t in ids]
 
 
-def _drain(env: dict, redis_url: str, kind: str, n: int, offset: int, passports: int) -> float:
-    """Messages per second, first send to last result."""
+def _drain(env: dict, redis_url: str, kind: str, n: int, offset: int, passports: int, workers) -> float:  # noqa: ANN001
+    """Messages per second the workers drain: the queue is filled first (so the sender's own
+    speed does not count), the workers are started, and the rate is taken from the first result
+    to the last (so their start-up does not count either)."""
     sent = _sender(env, kind, n, offset, 0, passports)
-    finished = _done_times(redis_url, [t for t, _ in sent], timeout=max(120, n / 50))
-    return n / (max(finished) - sent[0][1])
+    with workers:
+        finished = _done_times(redis_url, [t for t, _ in sent], timeout=max(120, n / 50))
+    return (n - 1) / (max(finished) - min(finished))
 
 
-def _setup(pg_url: str, n: int, env: dict) -> None:
+def _preload(conn, rows: int, lines: int, passports: int) -> None:  # noqa: ANN001
+    """``rows`` decided purchases of an earlier month, with their charges, inbox rows and published
+    outbox rows: the tables as a service that has run for a while has them."""
+    from sqlalchemy import text
+
+    conn.execute(text(
+        "INSERT INTO purchases (provider_id, order_id, passport_id, customer_id, content_id, price_type, unit_price,"
+        " quantity, purchased_at, start_month, last_month) "
+        "SELECT 'PA', 'pre-' || i, 'bench' || (i % :p + 1), 'CAF' || lpad(((i % :p) % :l + 1)::text, 10, '0'),"
+        " 'coin', 'per_use', 10, 1, '2026-09-15T12:00:00+09', '2026-09', '2026-09' "
+        "FROM generate_series(0, :n - 1) i"), {"n": rows, "p": passports, "l": lines})
+    conn.execute(text(
+        "INSERT INTO charges (application_number, customer_id, passport_id, provider_id, content_id, service_month,"
+        " billing_month, quantity, amount, late) "
+        "SELECT application_number, customer_id, passport_id, 'PA', 'coin', '2026-09', '2026-09', 1, 10, false "
+        "FROM purchases"))
+    conn.execute(text(
+        "INSERT INTO inbox (sender, message_id, task, content_hash, order_id, decision, received_at) "
+        "SELECT 'PA', 'pre-' || i, 'matomete.purchase', md5(i::text) || md5(i::text), 'pre-' || i,"
+        " '{\"status\": \"accepted\"}', now() FROM generate_series(0, :n - 1) i"), {"n": rows})
+    conn.execute(text(
+        "INSERT INTO outbox (event_id, queue, body, created_at, published_at) "
+        "SELECT 'pre-' || i, 'billing-records', '{}', now(), now() FROM generate_series(0, 2 * :n - 1) i"),
+        {"n": rows})
+
+
+def _setup(pg_url: str, n: int, env: dict, preload: int = 0) -> None:
     from sqlalchemy import text
 
     from matomete_core.adapters.database import make_engine
@@ -139,6 +173,10 @@ def _setup(pg_url: str, n: int, env: dict) -> None:
         conn.execute(text("INSERT INTO passport_ids (passport_id, customer_id, status) "
                           "SELECT 'bench' || i, 'CAF' || lpad(((i - 1) % :l + 1)::text, 10, '0'), 'registered' "
                           "FROM generate_series(1, :p) i"), {"p": passports, "l": lines})
+        if preload:
+            _preload(conn, preload, lines, passports)
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE"))
     engine.dispose()
 
 
@@ -176,8 +214,8 @@ def _count_decided(pg_url: str) -> tuple[int, int]:
 
     engine = make_engine(pg_url)
     with engine.connect() as conn:
-        decided = conn.execute(text("SELECT count(*) FROM inbox")).scalar_one()
-        charged = conn.execute(text("SELECT count(*) FROM charges")).scalar_one()
+        decided = conn.execute(text("SELECT count(*) FROM inbox WHERE message_id NOT LIKE 'pre-%'")).scalar_one()
+        charged = conn.execute(text("SELECT count(*) FROM charges WHERE service_month <> '2026-09'")).scalar_one()
     engine.dispose()
     return decided, charged
 
@@ -191,6 +229,8 @@ def main() -> None:
     p.add_argument("--mode", choices=["task", "batch"], default="task",
                    help="decide with `matomete worker` (a task per message) or `matomete batch-worker`")
     p.add_argument("--size", type=int, default=200, help="batch size of `matomete batch-worker`")
+    p.add_argument("--preload", type=int, default=0,
+                   help="decided purchases (with charges, inbox and outbox rows) in the tables beforehand")
     p.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/11")
     p.add_argument("--send", help=argparse.SUPPRESS)
@@ -220,14 +260,14 @@ def main() -> None:
                MATOMETE_SECRET_KEY=Fernet.generate_key().decode(), PYTHONUNBUFFERED="1")
     logs = tempfile.mkdtemp(prefix="bench-decisions-")
     try:
-        _setup(pg_url, n, env)
-        with _workers(env, logs, "task", args.workers, args.concurrency, args.size):
-            _done_times(args.redis, [t for t, _ in _sender(env, "noop", 20, 10**9, 0, passports)], timeout=120)
-            baseline = _drain(env, args.redis, "noop", n, 0, passports)
+        _setup(pg_url, n, env, args.preload)
+        baseline = _drain(env, args.redis, "noop", n, 0, passports,
+                          _workers(env, logs, "task", args.workers, args.concurrency, args.size))
+        decisions = _drain(env, args.redis, "purchase", n, 0, passports,
+                           _workers(env, logs, args.mode, args.workers, args.concurrency, args.size))
         with _workers(env, logs, args.mode, args.workers, args.concurrency, args.size):
             warm = _sender(env, "purchase", 20, 10**8, 0, passports)  # the workers are up and connected
             _done_times(args.redis, [t for t, _ in warm], timeout=120)
-            decisions = _drain(env, args.redis, "purchase", n, 0, passports)
             offered = decisions / 2
             m = max(200, min(n // 2, int(offered * 20)))
             sent = _sender(env, "purchase", m, n, offered, passports)
@@ -241,7 +281,7 @@ def main() -> None:
     def pct(q: float) -> float:
         return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1)
 
-    report = {"messages": n, "mode": args.mode, "workers": args.workers, "baseline_per_s": round(baseline), "decisions_per_s": round(decisions),
+    report = {"messages": n, "preloaded": args.preload, "mode": args.mode, "workers": args.workers, "baseline_per_s": round(baseline), "decisions_per_s": round(decisions),
               "ratio": round(decisions / baseline, 3), "offered_per_s": round(offered), "latency_messages": m,
               "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "mean_ms": round(statistics.mean(latencies), 1),
               "decided": decided, "charges": charged}

@@ -37,7 +37,7 @@ from matomete_core.messages import ChargeRecord, Decision, DecisionEvent, Purcha
 from matomete_core.reasons import Reason
 from matomete_core.rules.purchase import (
     MONTHLY_FLAT, Content, Holder, Usage, decide_purchase, term_last_month)
-from matomete_core.security import signature_matches
+from matomete_core.security import SecretBox, signature_matches
 from matomete_core.service import billing, bus, outbox
 from matomete_core.service.deps import Deps
 from matomete_core.service.inbox import content_hash
@@ -81,7 +81,6 @@ class _Run:
 def decide_batch(deps: Deps, messages: Sequence[Inbound], *, now: datetime, on_commit: OnCommit = None) -> list[dict]:
     """Decide ``messages`` in order; transient database errors propagate (retry the batch)."""
     decisions: list[dict | None] = [None] * len(messages)
-    secrets = _secrets(deps)
     run = _Run()
 
     def flush() -> None:
@@ -92,7 +91,7 @@ def decide_batch(deps: Deps, messages: Sequence[Inbound], *, now: datetime, on_c
         run = _Run()
 
     for index, (task, args, kwargs) in enumerate(messages):
-        msg, body = _authentic_purchase(task, args, kwargs, secrets, now)
+        msg, body = _purchase(task, args, kwargs, now)
         if msg is None:
             flush()
             decisions[index] = bus.handle(deps, task, args, kwargs, now=now, on_commit=on_commit)
@@ -104,34 +103,22 @@ def decide_batch(deps: Deps, messages: Sequence[Inbound], *, now: datetime, on_c
     return decisions  # type: ignore[return-value]
 
 
-def _secrets(deps: Deps) -> dict[str, list[str]]:
-    with deps.engine.connect() as conn:
-        rows = conn.execute(select(providers.c.provider_id, providers.c.signing_secrets)
-                            .where(providers.c.active)).all()
-    return {pid: deps.secrets.open(sealed) for pid, sealed in rows}
-
-
-def _authentic_purchase(task: str, args: Sequence[Any], kwargs: dict, secrets: dict[str, list[str]],
-                        now: datetime) -> tuple[Purchase | None, dict]:
-    """The purchase, if it is one the batch may decide: well-formed, of an active provider, signed."""
+def _purchase(task: str, args: Sequence[Any], kwargs: dict, now: datetime) -> tuple[Purchase | None, dict]:
+    """The purchase, if it is a well-formed one (its signature is checked in the run's transaction)."""
     if task != Purchase.task or len(args) != 1 or kwargs or not isinstance(args[0], dict):
         return None, {}
     body = args[0]
     try:
-        msg = parse(Purchase, body, now=now)
+        return parse(Purchase, body, now=now), body  # type: ignore[return-value]
     except (ValidationError, ValueError, TypeError, RecursionError):
         return None, {}
-    known = secrets.get(msg.provider_id)
-    if known is None or not signature_matches(body, known):
-        return None, {}
-    return msg, body  # type: ignore[return-value]
 
 
 def _decide_run(deps: Deps, items: list[_Item], now: datetime, on_commit: OnCommit) -> list[tuple[int, dict]]:
     try:
         with outbox.track() as written:
             with deps.engine.begin() as conn:
-                _Decider(conn, items, now).run()
+                _Decider(conn, items, now, deps.secrets).run()
             if on_commit is not None and written:
                 on_commit(written)
     except Exception as exc:
@@ -168,6 +155,8 @@ def _reads() -> dict[str, Select]:
     c = contents.c
     usage = billing.month_lines(bindparam("month"), open_month=True, customer_id=listed("customers")).subquery()
     return {
+        "providers": select(providers.c.provider_id, providers.c.signing_secrets)
+        .where(providers.c.active, providers.c.provider_id.in_(listed("providers"))),
         "facts": facts,
         "contents": select(contents).where(tuple_(c.provider_id, c.content_id).in_(listed("contents"))),
         "lines": select(lines).where(lines.c.customer_id.in_(listed("customers"))).order_by(lines.c.customer_id),
@@ -182,11 +171,14 @@ def _reads() -> dict[str, Select]:
 class _Decider:
     """One run, in one transaction: lock, read everything at once, decide in order, write at once."""
 
-    def __init__(self, conn: Connection, items: list[_Item], now: datetime):
-        self.conn, self.items, self.now = conn, items, now
+    def __init__(self, conn: Connection, items: list[_Item], now: datetime, box: SecretBox):
+        self.conn, self.items, self.now, self.box = conn, items, now, box
         self.pg = conn.dialect.name == "postgresql"
 
     def run(self) -> None:
+        self._authenticate()
+        if not self.items:
+            return
         for item in self.items:
             item.start = billing_month(item.msg.occurred_at)
         self._lock_orders_and_months()
@@ -194,6 +186,8 @@ class _Decider:
         taken, held, customer_of = facts["taken"], facts["held"], dict(facts["customer"])
         redelivered = facts["seen"]
         self.items = [i for i in self.items if (i.msg.provider_id, i.msg.message_id) not in redelivered]
+        if not self.items:
+            return
         content_of = self._contents()
         self._place_in_open_months({month for month, _ in facts["shut"]})
         for item in self.items:
@@ -253,6 +247,16 @@ class _Decider:
                 release_held_cancels(self.conn, item.msg.provider_id, item.msg.order_id, item.number, self.now)
 
     # ---- locks and reads --------------------------------------------------------------------
+
+    def _authenticate(self) -> None:
+        """Keep the items of a known, active provider that signed them; the others are quarantined
+        on the one-message path (deferred)."""
+        rows = self.conn.execute(_reads()["providers"], {"providers": list({i.msg.provider_id for i in self.items})})
+        secrets = {pid: self.box.open(sealed) for pid, sealed in rows}
+        for item in self.items:
+            known = secrets.get(item.msg.provider_id)
+            item.deferred = known is None or not signature_matches(item.body, known)
+        self.items = [i for i in self.items if not i.deferred]
 
     def _lock_orders_and_months(self) -> None:
         lock_keys(self.conn, orders=[(i.msg.provider_id, i.msg.order_id) for i in self.items],
