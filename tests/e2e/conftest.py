@@ -231,6 +231,17 @@ class System:
                                  f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}")
         return done
 
+    def load_line(self, customer_id: str, *, access_key: str, billing_account: str, passport_ids: list[str],
+                  line_limit: int = 10000) -> None:
+        """One more line, with registered Passport IDs, for tests of their own (`matomete lines load`)."""
+        doc = {"lines": [{"customer_id": customer_id, "access_service": "hikari_next", "access_key": access_key,
+                          "billing_account": billing_account, "omatome_representative": None,
+                          "line_limit": line_limit, "restricted": False,
+                          "passport_ids": [_passport(pid) for pid in passport_ids]}]}
+        path = self.workdir / f"line-{customer_id}.json"
+        path.write_text(json.dumps(doc), encoding="utf-8")
+        self.cli("lines", "load", str(path))
+
     def cli_json(self, *args: str) -> Any:
         done = self.cli(*args, "--json")
         try:

@@ -6,7 +6,6 @@ Nothing here imports matomete."""
 
 from __future__ import annotations
 
-import json
 import signal
 
 import pytest
@@ -29,14 +28,8 @@ KILL_LINE, KILL_PASSPORT = "CAF0000077701", "kill01"
 def system(tmp_path_factory):  # noqa: ANN001, ANN201
     with deployment(tmp_path_factory, mode="batch",
                     env={"MATOMETE_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S)}) as running:
-        doc = {"lines": [{"customer_id": KILL_LINE, "access_service": "hikari_next", "access_key": "e2e-key-77701",
-                          "billing_account": "06-7770-7701", "omatome_representative": None, "line_limit": 50000,
-                          "restricted": False,
-                          "passport_ids": [{"passport_id": KILL_PASSPORT, "status": "registered", "limit": None,
-                                            "restricted": False, "registered_at": "2019-04-01T10:00:00+09:00"}]}]}
-        path = running.workdir / "kill-line.json"
-        path.write_text(json.dumps(doc), encoding="utf-8")
-        running.cli("lines", "load", str(path))
+        running.load_line(KILL_LINE, access_key="e2e-key-77701", billing_account="06-7770-7701",
+                          passport_ids=[KILL_PASSPORT], line_limit=50000)
         yield running
 
 

@@ -30,14 +30,8 @@ def unique(prefix: str) -> str:
 
 @pytest.fixture(scope="module")
 def own_line(system) -> None:
-    doc = {"lines": [{"customer_id": OPS_LINE, "access_service": "hikari_next", "access_key": "e2e-key-66601",
-                      "billing_account": "06-6660-6601", "omatome_representative": None, "line_limit": 10000,
-                      "restricted": False,
-                      "passport_ids": [{"passport_id": OPS_PASSPORT, "status": "registered", "limit": None,
-                                        "restricted": False, "registered_at": "2019-04-01T10:00:00+09:00"}]}]}
-    path = system.workdir / "metrics-line.json"
-    path.write_text(json.dumps(doc), encoding="utf-8")
-    system.cli("lines", "load", str(path))
+    system.load_line(OPS_LINE, access_key="e2e-key-66601", billing_account="06-6660-6601",
+                     passport_ids=[OPS_PASSPORT])
 
 
 def scrape(system) -> Samples:

@@ -64,15 +64,8 @@ def envelope_for(message: dict[str, Any], task: str, task_id: str) -> dict[str, 
 
 @pytest.fixture(scope="module")
 def own_line(system) -> None:
-    doc = {"lines": [{"customer_id": RAW_LINE, "access_service": "hikari_next", "access_key": "e2e-key-66602",
-                      "billing_account": "06-6660-6602", "omatome_representative": None, "line_limit": 10000,
-                      "restricted": False,
-                      "passport_ids": [{"passport_id": pid, "status": "registered", "limit": None, "restricted": False,
-                                        "registered_at": "2019-04-01T10:00:00+09:00"}
-                                       for pid in (RAW_PASSPORT, KIT_PASSPORT)]}]}
-    path = system.workdir / "raw-protocol-line.json"
-    path.write_text(json.dumps(doc), encoding="utf-8")
-    system.cli("lines", "load", str(path))
+    system.load_line(RAW_LINE, access_key="e2e-key-66602", billing_account="06-6660-6602",
+                     passport_ids=[RAW_PASSPORT, KIT_PASSPORT])
 
 
 @pytest.fixture

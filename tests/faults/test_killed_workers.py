@@ -35,11 +35,10 @@ pytestmark = pytest.mark.faults
 VISIBILITY_S = int(os.environ.get("MATOMETE_FAULTS_VISIBILITY_TIMEOUT", "12"))
 
 
-def kill_a_pool_process_mid_task(d: Deployment, worker: str, attempts: int = 40) -> list[str]:
-    """SIGKILL a pool process of ``worker`` while it runs a task; return the message ids it ran.
-
-    The worker's pool processes are stopped (SIGSTOP) while the worker is asked what they run,
-    so the one chosen cannot finish its task before the SIGKILL; the others are let go."""
+def caught_running(d: Deployment, worker: str, attempts: int = 40) -> tuple[list[int], dict[int, dict]]:
+    """Stop (SIGSTOP) ``worker``'s pool processes at a moment one of them runs a task, so it cannot
+    finish it while we act; returns the stopped pool and the running tasks by pool process.
+    The caller kills what it wants and lets the rest go (``let_go``)."""
     main = d.processes[worker].pid
     node = f"{worker}@faults"
     inspect = d.client.control.inspect(destination=[node], timeout=2, limit=1)
@@ -47,39 +46,35 @@ def kill_a_pool_process_mid_task(d: Deployment, worker: str, attempts: int = 40)
         pool = children_of(main)
         for pid in pool:
             os.kill(pid, signal.SIGSTOP)
-        try:
-            active = (inspect.active() or {}).get(node, [])
-        finally:
-            busy = {t.get("worker_pid"): t for t in active if t.get("worker_pid") in pool}
-            victim = next(iter(busy), None)
-            if victim is not None:
-                os.kill(victim, signal.SIGKILL)
-            for pid in pool:
-                if pid != victim:
-                    os.kill(pid, signal.SIGCONT)
-        if victim is not None:  # the worker answers with the arguments' (redacted) repr
-            return re.findall(r"'message_id': '([^']+)'", str(busy[victim].get("args")))
+        active = (inspect.active() or {}).get(node, [])
+        busy = {t.get("worker_pid"): t for t in active if t.get("worker_pid") in pool}
+        if busy:
+            return pool, busy
+        let_go(pool)
         time.sleep(0.1)
     raise AssertionError(f"no task of {worker} was ever caught running")
 
 
-def kill_worker_mid_task(d: Deployment, worker: str, attempts: int = 40) -> None:
-    """SIGKILL the whole of ``worker`` while one of its pool processes runs a task — so that it
-    surely dies with a message in hand: its pool is stopped (SIGSTOP) while it is asked."""
-    main = d.processes[worker].pid
-    node = f"{worker}@faults"
-    inspect = d.client.control.inspect(destination=[node], timeout=2, limit=1)
-    for _ in range(attempts):
-        pool = children_of(main)
-        for pid in pool:
-            os.kill(pid, signal.SIGSTOP)
-        if any(t.get("worker_pid") in pool for t in (inspect.active() or {}).get(node, [])):
-            d.kill(worker)
-            return
-        for pid in pool:
-            os.kill(pid, signal.SIGCONT)
-        time.sleep(0.1)
-    raise AssertionError(f"{worker} was never caught running a task")
+def let_go(pids: list[int]) -> None:
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
+
+
+def kill_a_pool_process_mid_task(d: Deployment, worker: str) -> list[str]:
+    """SIGKILL a pool process of ``worker`` while it runs a task; return the message ids it ran."""
+    pool, busy = caught_running(d, worker)
+    victim = next(iter(busy))
+    os.kill(victim, signal.SIGKILL)
+    let_go([pid for pid in pool if pid != victim])
+    # the worker answers with the arguments' (redacted) repr
+    return re.findall(r"'message_id': '([^']+)'", str(busy[victim].get("args")))
+
+
+def kill_worker_mid_task(d: Deployment, worker: str) -> None:
+    """SIGKILL the whole of ``worker`` while one of its pool processes runs a task: it surely dies
+    with a message in hand."""
+    caught_running(d, worker)
+    d.kill(worker)
 
 
 def unacked(d: Deployment) -> dict[str, str]:
