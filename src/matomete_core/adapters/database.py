@@ -8,9 +8,10 @@ write lock at ``BEGIN IMMEDIATE``, so its transactions are serial and the locks 
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, select, text
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -44,21 +45,28 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
+@lru_cache(maxsize=64)
+def _insert_ignore(dialect_name: str, table):  # noqa: ANN001, ANN202 — built once per table: a hot path
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+
+
 def insert_ignore(conn: Connection, table, **values: Any):  # noqa: ANN001
     """INSERT … ON CONFLICT DO NOTHING; returns the inserted primary key, or None on conflict."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing()
-    pk = list(table.primary_key.columns)
-    row = conn.execute(stmt.returning(*pk)).first()
+    row = conn.execute(_insert_ignore(conn.dialect.name, table), values).first()
     return None if row is None else row[0]
+
+
+@lru_cache(maxsize=2)
+def _line_row(locking: bool):  # noqa: ANN202
+    stmt = select(lines).where(lines.c.customer_id == bindparam("customer_id"))
+    return stmt.with_for_update() if locking else stmt
 
 
 def lock_line(conn: Connection, customer_id: str):  # noqa: ANN201
     """Lock the line row for this transaction and return it (None if unknown)."""
-    stmt = select(lines).where(lines.c.customer_id == customer_id)
-    if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    return conn.execute(stmt).mappings().first()
+    stmt = _line_row(conn.dialect.name == "postgresql")
+    return conn.execute(stmt, {"customer_id": customer_id}).mappings().first()
 
 
 def lock_order(conn: Connection, provider_id: str, order_id: str, *, share_month: str | None = None) -> None:

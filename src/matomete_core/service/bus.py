@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Callable
 
 from pydantic import ValidationError
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from matomete_core import logcontext
 from matomete_core.adapters.tables import providers
@@ -118,10 +118,13 @@ class _NotAuthentic(Exception):
         self.reason = reason
 
 
+_PROVIDER = select(providers.c.signing_secrets, providers.c.active).where(
+    providers.c.provider_id == bindparam("provider_id"))
+
+
 def _authenticate(conn: Connection, deps: Deps, provider_id: str, body: dict) -> None:
     """Raise _NotAuthentic unless the provider is known, active, and signed ``body``."""
-    row = conn.execute(select(providers.c.signing_secrets, providers.c.active).where(
-        providers.c.provider_id == provider_id)).first()
+    row = conn.execute(_PROVIDER, {"provider_id": provider_id}).first()
     if row is None or not row.active:
         raise _NotAuthentic(Quarantine.UNKNOWN_PROVIDER)
     if not signature_matches(body, deps.secrets.open(row.signing_secrets)):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from matomete_core.adapters.database import insert_ignore
 from matomete_core.adapters.tables import inbox
@@ -50,5 +50,8 @@ def claim(conn: Connection, *, sender: str, message_id: str, task: str, body: Ma
     return Claim(replay=Decision.model_validate(row.decision).model_copy(update={"replayed": True}))
 
 
+_RECORD = update(inbox).where(inbox.c.id == bindparam("inbox_id")).values(decision=bindparam("decision"))
+
+
 def record(conn: Connection, inbox_id: int, decision: Decision) -> None:
-    conn.execute(update(inbox).where(inbox.c.id == inbox_id).values(decision=decision.model_dump(mode="json")))
+    conn.execute(_RECORD, {"inbox_id": inbox_id, "decision": decision.model_dump(mode="json")})

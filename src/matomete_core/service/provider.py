@@ -154,17 +154,20 @@ def _load_holder(conn: Connection, passport_id: str, customer_id: str | None,
     return holder, pid.billing_account
 
 
+_NEW_PURCHASE = insert(purchases).returning(purchases.c.application_number)
+
+
 def _accept(conn: Connection, msg: Purchase, content: Content, holder: Holder, account: str, start: str,
             month: str, plan: list[str]) -> tuple[int, list[tuple[str, BaseModel]]]:
     monthly = content.price_type == MONTHLY_FLAT
     key = billing.dedupe_key(msg.passport_id, msg.provider_id, msg.content_id) if monthly else None
-    number = conn.execute(insert(purchases).values(
+    number = conn.execute(_NEW_PURCHASE, dict(
         provider_id=msg.provider_id, order_id=msg.order_id, passport_id=msg.passport_id,
         customer_id=holder.customer_id, content_id=msg.content_id, price_type=content.price_type,
         unit_price=content.unit_price, quantity=msg.quantity, purchased_at=msg.occurred_at, start_month=start,
         last_month=term_last_month(start, content.term_months) if monthly else start,
         term_months=content.term_months, dedupe_key=key,
-    ).returning(purchases.c.application_number)).scalar_one()
+    )).scalar_one()
     events: list[tuple[str, BaseModel]] = []
     for service_month in (plan if monthly else [start]):
         amount = content.unit_price * msg.quantity
