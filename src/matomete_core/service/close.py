@@ -208,12 +208,13 @@ def _make_invoice_items(conn: Connection, month: str, chunk: Chunk) -> None:
 
 
 def _make_invoices(conn: Connection, month: str, now: datetime) -> None:
-    """After every item chunk: one invoice per invoiced account, its total the sum of its items."""
+    """After every item chunk: one invoice per invoiced account, its total the sum of its items.
+    No conflict to skip: the invoices commit with the step, so a rerun of the step finds none."""
     _analyze(conn, invoice_items)
     ii = invoice_items.c
     totals = select(ii.billing_account, ii.month, func.sum(ii.amount)).where(ii.month == month).group_by(
         ii.billing_account, ii.month)
-    _insert(conn, invoices, ["billing_account", "month", "total"], totals)
+    _insert(conn, invoices, ["billing_account", "month", "total"], totals, skip_existing=False)
     _analyze(conn, invoices)
 
 
