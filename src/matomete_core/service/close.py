@@ -241,6 +241,7 @@ def _export(engine: Engine, month: str, export_dir: Path) -> None:
     with engine.connect() as conn, open(tmp_jsonl, "w", encoding="utf-8") as fj, \
             open(tmp_csv, "w", encoding="utf-8", newline="") as fc:
         writer = csv.writer(fc)
+        encode = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps with options builds one a call
         writer.writerow(["billing_account", "month", "title", "total", "provider_id", "provider_name",
                          "content_id", "content_name", "quantity", "amount"])
         current: dict | None = None
@@ -248,14 +249,14 @@ def _export(engine: Engine, month: str, export_dir: Path) -> None:
             for account, total, pid, pname, cid, cname, qty, amount in batch:
                 if current is None or current["billing_account"] != account:
                     if current is not None:
-                        fj.write(json.dumps(current, ensure_ascii=False) + "\n")
+                        fj.write(encode(current) + "\n")
                     current = {"billing_account": account, "month": month, "title": TITLE, "total": total,
                                "items": []}
                 current["items"].append({"provider_id": pid, "provider_name": pname, "content_id": cid,
                                          "content_name": cname, "quantity": qty, "amount": amount})
                 writer.writerow((account, month, TITLE, total, pid, pname, cid, cname, qty, amount))
         if current is not None:
-            fj.write(json.dumps(current, ensure_ascii=False) + "\n")
+            fj.write(encode(current) + "\n")
         for f in (fj, fc):
             f.flush()
             os.fsync(f.fileno())
