@@ -1,7 +1,7 @@
 """Benchmark: the decision path next to Celery's own ceiling, on this machine's Redis and PostgreSQL.
 
     python ops/bench/decisions.py [--messages N | --quick] [--workers W] [--concurrency C]
-                                  [--mode task|batch] [--size S] [--preload R] [--rate P]
+                                  [--mode task|batch] [--size S] [--preload R] [--offered-rate P]
 
 1. baseline: N no-op tasks (``matomete.noop``: same app, queue and settings), sent from a
    separate process with a bare Celery client, then drained by W ``matomete worker``;
@@ -10,7 +10,7 @@
    batch-worker`` (``--mode batch``, micro-batches of up to S), counted in the inbox;
    both rates are taken from the first result to the last of a queue filled beforehand, so neither
    the sender's speed nor the workers' start-up counts;
-3. latency: purchases offered at half the measured decision rate (or ``--rate P``) while the
+3. latency: purchases offered at half the measured decision rate (or ``--offered-rate P``) while the
    sender runs beside the workers; send-to-decision time from the sender's clock to the result's
    ``date_done``.
 
@@ -230,7 +230,7 @@ def main() -> None:
     p.add_argument("--mode", choices=["task", "batch"], default="task",
                    help="decide with `matomete worker` (a task per message) or `matomete batch-worker`")
     p.add_argument("--size", type=int, default=200, help="batch size of `matomete batch-worker`")
-    p.add_argument("--rate", type=float, default=0,
+    p.add_argument("--offered-rate", type=float, default=0,
                    help="offer this many purchases a second for the latency (default: half the measured rate)")
     p.add_argument("--preload", type=int, default=0,
                    help="decided purchases (with charges, inbox and outbox rows) in the tables beforehand")
@@ -271,7 +271,7 @@ def main() -> None:
         with _workers(env, logs, args.mode, args.workers, args.concurrency, args.size):
             warm = _sender(env, "purchase", 20, 10**8, 0, passports)  # the workers are up and connected
             _done_times(args.redis, [t for t, _ in warm], timeout=120)
-            offered = args.rate or decisions / 2
+            offered = args.offered_rate or decisions / 2
             m = max(200, min(n // 2, int(offered * 20)))
             sent = _sender(env, "purchase", m, n, offered, passports)
             latencies = sorted((d - s) * 1000 for (_, s), d in zip(sent, _done_times(
