@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Connection, Select, bindparam, func, insert, literal, select, tuple_, union_all
+from sqlalchemy import Connection, Select, bindparam, func, insert, literal, select, text, tuple_, union_all
 
 from matomete_core.adapters.database import is_transient, lock_keys
 from matomete_core.adapters.tables import (
@@ -145,10 +145,16 @@ def _reads() -> dict[str, Select]:
     """The batch's reads, built once; each takes its lists as expanding parameters."""
     p, h, ib, pid, lb = purchases.c, held_cancels.c, inbox.c, passport_ids.c, line_billing.c
     listed = partial(bindparam, expanding=True)
+    # each pair is asked for as "first IN (…) AND second IN (…)": that walks the two-column unique
+    # index, where a row-value IN list scans the table; the extra pairs it may return are not asked
+    # about
     facts = union_all(  # (kind, key, value): everything the order locks and the month locks protect
-        select(literal("taken"), p.provider_id, p.order_id).where(tuple_(p.provider_id, p.order_id).in_(listed("o1"))),
-        select(literal("held"), h.provider_id, h.order_id).where(tuple_(h.provider_id, h.order_id).in_(listed("o2"))),
-        select(literal("seen"), ib.sender, ib.message_id).where(tuple_(ib.sender, ib.message_id).in_(listed("ids"))),
+        select(literal("taken"), p.provider_id, p.order_id)
+        .where(p.provider_id.in_(listed("providers")), p.order_id.in_(listed("orders"))),
+        select(literal("held"), h.provider_id, h.order_id)
+        .where(h.provider_id.in_(listed("providers")), h.order_id.in_(listed("orders"))),
+        select(literal("seen"), ib.sender, ib.message_id)
+        .where(ib.sender.in_(listed("providers")), ib.message_id.in_(listed("ids"))),
         select(literal("customer"), pid.passport_id, pid.customer_id).where(pid.passport_id.in_(listed("passports"))),
         select(literal("shut"), billing_months.c.month, literal("")).where(billing_months.c.month >= bindparam("first")),
     )
@@ -176,6 +182,9 @@ class _Decider:
         self.pg = conn.dialect.name == "postgresql"
 
     def run(self) -> None:
+        if self.pg:  # lists of a different length each batch: a generic plan guesses them (and the
+            # month's rows) wrong and scans; a plan for the actual lists stays an index lookup
+            self.conn.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
         self._authenticate()
         if not self.items:
             return
@@ -263,11 +272,12 @@ class _Decider:
                   shared_months={i.start for i in self.items})
 
     def _facts(self) -> dict[str, set[tuple[str, str]]]:
-        orders = list({(i.msg.provider_id, i.msg.order_id) for i in self.items})
         out: dict[str, set[tuple[str, str]]] = {"taken": set(), "held": set(), "seen": set(), "customer": set(),
                                                 "shut": set()}
         for kind, key, value in self.conn.execute(_reads()["facts"], {
-                "o1": orders, "o2": orders, "ids": [(i.msg.provider_id, i.msg.message_id) for i in self.items],
+                "providers": list({i.msg.provider_id for i in self.items}),
+                "orders": list({i.msg.order_id for i in self.items}),
+                "ids": list({i.msg.message_id for i in self.items}),
                 "passports": list({i.msg.passport_id for i in self.items}),
                 "first": min(i.start for i in self.items)}):
             out[kind].add((key, value))
