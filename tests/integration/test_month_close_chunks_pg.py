@@ -7,7 +7,14 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select, update
 
-from matomete_core.adapters.tables import billing_months, charges, invoice_items, invoices, line_billing, lines
+from matomete_core.adapters.tables import (
+    billing_months,
+    charges,
+    invoice_items,
+    invoices,
+    line_billing,
+    lines,
+)
 from matomete_core.service import close
 from matomete_core.service.close import close_month
 from matomete_core.service.invoices import stored_invoices
@@ -21,7 +28,7 @@ class ChunkFailed(RuntimeError):
     pass
 
 
-def count(engine, query) -> int:  # noqa: ANN001
+def count(engine, query) -> int:
     with engine.connect() as conn:
         return conn.execute(query).scalar_one()
 

@@ -227,26 +227,28 @@ def _publish(conn: Connection, month: str, now: datetime) -> None:
 
 def _export(engine: Engine, month: str, export_dir: Path) -> None:
     """invoices-M.jsonl (one invoice a line) and invoices-M.csv (one item a row), from one ordered
-    stream of the month's items; written aside, flushed, then renamed — memory stays flat."""
+    stream of the month's items; written aside, flushed, then renamed — memory stays flat. The
+    stream carries ids; provider and content names come from the catalog, read once."""
     export_dir.mkdir(parents=True, exist_ok=True)
     jsonl, csv_path = export_dir / f"invoices-{month}.jsonl", export_dir / f"invoices-{month}.csv"
     tmp_jsonl, tmp_csv = jsonl.with_suffix(".jsonl.part"), csv_path.with_suffix(".csv.part")
     ii, i = invoice_items.c, invoices.c
-    rows = select(ii.billing_account, i.total, ii.provider_id, providers.c.name, ii.content_id, contents.c.name,
-                  ii.quantity, ii.amount
+    rows = select(ii.billing_account, i.total, ii.provider_id, ii.content_id, ii.quantity, ii.amount
                   ).join(invoices, and_(i.billing_account == ii.billing_account, i.month == ii.month)
-                  ).join(providers, providers.c.provider_id == ii.provider_id
-                  ).join(contents, and_(contents.c.provider_id == ii.provider_id, contents.c.content_id == ii.content_id)
                   ).where(ii.month == month).order_by(ii.billing_account, ii.provider_id, ii.content_id)
+    catalog = select(contents.c.provider_id, contents.c.content_id, providers.c.name, contents.c.name).join(
+        providers, providers.c.provider_id == contents.c.provider_id)
     with engine.connect() as conn, open(tmp_jsonl, "w", encoding="utf-8") as fj, \
             open(tmp_csv, "w", encoding="utf-8", newline="") as fc:
+        names = {(pid, cid): (pname, cname) for pid, cid, pname, cname in conn.execute(catalog)}
         writer = csv.writer(fc)
         encode = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps with options builds one a call
         writer.writerow(["billing_account", "month", "title", "total", "provider_id", "provider_name",
                          "content_id", "content_name", "quantity", "amount"])
         current: dict | None = None
         for batch in conn.execution_options(stream_results=True, yield_per=10_000).execute(rows).partitions():
-            for account, total, pid, pname, cid, cname, qty, amount in batch:
+            for account, total, pid, cid, qty, amount in batch:
+                pname, cname = names[pid, cid]
                 if current is None or current["billing_account"] != account:
                     if current is not None:
                         fj.write(encode(current) + "\n")
