@@ -13,7 +13,7 @@ no duplicate charge:
   closed
 
 Every step is a few set-based statements (INSERT … SELECT, GROUP BY): no Python loop per
-subscription, memory flat with size. The two big ones, renewals and invoice items, run on
+subscription, memory flat with size. The two big ones, renewals and invoices, run on
 PostgreSQL as ``CHUNKS`` transactions at once, each over the keys that hash to it (SQLite: one);
 their step is recorded in a transaction of its own once every chunk has committed, so a rerun
 after a failure redoes only what no committed chunk did.
@@ -31,7 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from sqlalchemy import Connection, Engine, and_, func, literal, select, text, true, update
+from sqlalchemy import Connection, Engine, and_, exists, func, literal, select, text, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import ColumnElement
 
@@ -196,25 +196,29 @@ def _renewals_billed(conn: Connection, month: str, now: datetime) -> None:
     _analyze(conn, charges)
 
 
-def _make_invoice_items(conn: Connection, month: str, chunk: Chunk) -> None:
-    """One chunk of invoice items, by invoiced account: an account's items are all in one chunk."""
+def _make_invoices(conn: Connection, month: str, chunk: Chunk) -> None:
+    """One chunk of invoices, by invoiced account: the items by provider and content, then each
+    invoice as the sum of its items, in one transaction — so an account has both or neither, and
+    only a chunk some of whose accounts have an invoice already (a rerun) has anything to skip."""
+    rerun = conn.execute(select(exists().where(invoices.c.month == month,
+                                               chunk.holds(invoices.c.billing_account)))).scalar()
     acct = invoiced_accounts(month).subquery()
     c = charges.c
     items = select(acct.c.account, literal(month), c.provider_id, c.content_id, func.sum(c.quantity), func.sum(c.amount)
                    ).join(acct, acct.c.customer_id == c.customer_id
                    ).where(c.billing_month == month, c.voided_at.is_(None), chunk.holds(acct.c.account)
                    ).group_by(acct.c.account, c.provider_id, c.content_id)
-    _insert(conn, invoice_items, ["billing_account", "month", "provider_id", "content_id", "quantity", "amount"], items)
-
-
-def _make_invoices(conn: Connection, month: str, now: datetime) -> None:
-    """After every item chunk: one invoice per invoiced account, its total the sum of its items.
-    No conflict to skip: the invoices commit with the step, so a rerun of the step finds none."""
-    _analyze(conn, invoice_items)
+    _insert(conn, invoice_items, ["billing_account", "month", "provider_id", "content_id", "quantity", "amount"], items,
+            skip_existing=rerun)
     ii = invoice_items.c
-    totals = select(ii.billing_account, ii.month, func.sum(ii.amount)).where(ii.month == month).group_by(
-        ii.billing_account, ii.month)
-    _insert(conn, invoices, ["billing_account", "month", "total"], totals, skip_existing=False)
+    totals = select(ii.billing_account, ii.month, func.sum(ii.amount)).where(
+        ii.month == month, chunk.holds(ii.billing_account)).group_by(ii.billing_account, ii.month)
+    _insert(conn, invoices, ["billing_account", "month", "total"], totals, skip_existing=rerun)
+
+
+def _invoices_made(conn: Connection, month: str, now: datetime) -> None:
+    """After every invoice chunk: the export plans with the new rows counted."""
+    _analyze(conn, invoice_items)
     _analyze(conn, invoices)
 
 
@@ -274,8 +278,8 @@ def _totals(conn: Connection, month: str) -> dict:
     return {"charges": n_charges, "invoices": n_invoices, "total": int(total)}
 
 
-CHUNK_WORK = {"renewals": _bill_renewals, "invoices": _make_invoice_items}  # before the step's own transaction
-STEP_WORK = {"renewals": _renewals_billed, "terms": _end_terms, "invoices": _make_invoices, "published": _publish}
+CHUNK_WORK = {"renewals": _bill_renewals, "invoices": _make_invoices}  # before the step's own transaction
+STEP_WORK = {"renewals": _renewals_billed, "terms": _end_terms, "invoices": _invoices_made, "published": _publish}
 
 
 def months_due(engine: Engine, *, now: datetime, close_hour: int) -> list[str]:
