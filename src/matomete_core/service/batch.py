@@ -316,11 +316,14 @@ class _Decider:
         """Each line's billing account in each month the batch bills: the latest change effective by then."""
         wanted = list({i.customer_id for i in self.items if i.customer_id is not None})
         rows = self.conn.execute(_reads()["accounts"], {"customers": wanted}).all() if wanted else []
+        changes: dict[str, list[tuple[str, str]]] = {}  # line → (from month, account), oldest first
+        for customer_id, from_month, account in rows:
+            changes.setdefault(customer_id, []).append((from_month, account))
         out: dict[tuple[str | None, str], str] = {}
         for item in self.items:
-            for customer_id, from_month, account in rows:
-                if customer_id == item.customer_id and from_month <= item.month:
-                    out[(customer_id, item.month)] = account
+            for from_month, account in changes.get(item.customer_id, []):
+                if from_month <= item.month:
+                    out[(item.customer_id, item.month)] = account
         return out
 
     def _usage(self) -> dict[tuple[str, str], dict[str, int]]:
