@@ -36,14 +36,13 @@ from celery import states
 from kombu import Connection as KombuConnection
 
 from matomete_core.adapters.database import is_transient
-from matomete_core.adapters.relay import publish_written
 from matomete_core.reasons import Quarantine
 from matomete_core.service import batch, bus
 from matomete_core.service.deps import Deps
 from matomete_core.service.quarantine import quarantine_message
 from workers import metrics
 from workers.app import TIMINGS, app
-from workers.tasks import MAX_ATTEMPTS, MAX_DELIVERIES, deps
+from workers.tasks import MAX_ATTEMPTS, MAX_DELIVERIES, deps, publish_quietly
 
 log = logging.getLogger(__name__)
 
@@ -229,10 +228,7 @@ class BatchWorker:
     # ---- plumbing --------------------------------------------------------------------------------
 
     def _publish(self, rows: list) -> None:
-        try:
-            publish_written(self.deps.engine, self.deps.publisher, rows, now=_now())
-        except Exception:  # noqa: BLE001 — the outbox keeps them; beat relays
-            log.warning("publishing after commit failed; beat will relay", exc_info=True)
+        publish_quietly(self.deps, rows)
 
     def _renew(self, held: list[Taken]) -> None:
         """Still working on these: keep the visibility sweep from handing them out again."""

@@ -51,7 +51,7 @@ def _relay_quietly(d: Deps) -> None:
         log.warning("outbox relay failed; beat will relay", exc_info=True)
 
 
-def _publish_quietly(d: Deps, rows: list) -> None:
+def publish_quietly(d: Deps, rows: list) -> None:
     """Publish a decision's outbound messages right after its commit; what fails here stays in
     the outbox for the beat relay."""
     try:
@@ -89,7 +89,7 @@ def decide(task: Task, args: tuple, kwargs: dict) -> dict:
     try:
         if deliveries(task) >= MAX_DELIVERIES:
             raise WorkerLostEachTime()
-        decision = bus.handle(d, task.name, args, kwargs, now=_now(), on_commit=partial(_publish_quietly, d))
+        decision = bus.handle(d, task.name, args, kwargs, now=_now(), on_commit=partial(publish_quietly, d))
     except WorkerLostEachTime as exc:
         decision = bus.quarantine_failure(d, task.name, args, kwargs, exc, MAX_DELIVERIES, now=_now())
     except Exception as exc:
