@@ -13,10 +13,20 @@ and the worker stopped; the message went back to the queue and stopped the next 
 app's task class (``CheckedTask``, set in workers.app) checks every message first and turns such a
 message into an ``InvalidTaskError``, which Celery logs and discards, as it does a body it cannot
 decode at all. Neither reaches the bus, so neither is quarantined: there is no message to keep.
+
+A lost broker connection: Celery logs an ack (or a requeue) that fails and carries on, but kombu
+keeps a message's prefetch credit when its ack fails, and stops reading the consumer's connection
+while it has no credit. A worker whose every pool process finished while Redis was away could thus
+keep its consumer on a dead connection with no credit, never reading again: a worker alive, its
+queue full, nothing decided (CI saw it once). ``CheckedRequest`` lets a failed ack or requeue
+raise into the consumer's loop instead, as kombu already does for a broken pipe: the consumer
+reconnects on a new channel with full credit, and the message, still in Redis' ``unacked`` hash,
+comes back after the visibility timeout, where the inbox replays its decision.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Task
@@ -28,6 +38,10 @@ from celery.worker.strategy import default as default_strategy
 from matomete_core.security import redact
 
 __all__ = ["RedactedRequest", "CheckedRequest", "CheckedTask", "checked_strategy", "require_protocol_2"]
+
+logger = logging.getLogger(__name__)
+# the errors kombu's ``ack_log_error``/``reject_log_error`` should log and swallow: none
+RAISE_INTO_CONSUMER: tuple[type[BaseException], ...] = ()
 
 
 def require_protocol_2(message: Any) -> None:
@@ -67,6 +81,19 @@ class CheckedRequest(Request):
             super().__init__(*args, **kwargs)
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise InvalidTaskError(f"malformed task message: {type(exc).__name__}") from exc
+
+    def acknowledge(self) -> None:
+        """Celery's, but an ack the broker does not take reconnects the consumer (see above)."""
+        if not self.acknowledged:
+            self._on_ack(logger, RAISE_INTO_CONSUMER)
+            self.acknowledged = True
+
+    def reject(self, requeue: bool = False) -> None:
+        """Celery's, but a reject the broker does not take reconnects the consumer (see above)."""
+        if not self.acknowledged:
+            self._on_reject(logger, RAISE_INTO_CONSUMER, requeue)
+            self.acknowledged = True
+            self.send_event("task-rejected", requeue=requeue)
 
 
 class CheckedTask(Task):

@@ -23,18 +23,22 @@ Workers, beat and the relay's kombu connections reconnect by themselves.
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import redis
 
 from tests.faults.flow import Flow
-from tests.faults.harness import Deployment, report, wait_until
+from tests.faults.harness import Deployment, occurred_at, passport_id, report, sign, wait_until
 
 pytestmark = pytest.mark.faults
 
 VISIBILITY_S = 12
 DOWN_S = 3
+SLOW_S = 5
+WRAPPER = str(Path(__file__).with_name("wrapped_worker.py"))
 
 
 def waiting(d: Deployment) -> tuple[int, int]:
@@ -77,3 +81,43 @@ def test_redis_restarted_mid_stream_keeps_its_queue_and_everything_is_decided_on
     assert figures["not_as_expected"] == 0 and figures["quarantined"] == {}, figures
     assert outbound["gaps"] == 0 and outbound["mismatched"] == 0, outbound
     assert beat.poll() is None and d.processes["w1"].poll() is None  # both rode it out
+
+
+def test_a_worker_whose_acks_failed_while_redis_was_down_consumes_again_when_it_is_back(deployment, dedicated_redis):
+    """Every pool process busy when Redis goes down, and their decisions commit while it is away:
+    storing their results and acknowledging their messages fail. Nothing is lost or doubled, and
+    the worker consumes again when Redis is back. (A failed ack reconnects the consumer, see
+    workers/requests.py and tests/unit/test_failed_acks_reconnect.py: kombu keeps a failed ack's
+    prefetch credit, and a consumer left without credit on a dead connection never read again.)"""
+    # given a worker whose two pool processes are both deciding a slow purchase
+    d: Deployment = deployment(MATOMETE_VISIBILITY_TIMEOUT=str(VISIBILITY_S))
+    d.start_worker("w1", concurrency=2, argv=[sys.executable, WRAPPER],
+                   env={"MATOMETE_FAULTS_INJECT": f"slow:{SLOW_S}"})
+    at = occurred_at(2)
+    slow = [sign({"message_id": f"slow-{i}", "occurred_at": at, "provider_id": "PB", "order_id": f"slow-{i}",
+                  "passport_id": passport_id(i), "content_id": "coin", "quantity": 1}) for i in range(2)]
+    for body in slow:
+        d.send("matomete.purchase", "provider-events", body)
+    wait_until(lambda: waiting(d) == (0, 2), timeout=30, message="both slow purchases taken")
+    time.sleep(2)  # longer than kombu's BRPOP timeout (1 s): the consumer stops reading its connection
+
+    # when Redis goes down while they run, and stays down until they have finished
+    dedicated_redis.stop()
+    wait_until(lambda: len(d.sql("SELECT 1 FROM inbox WHERE message_id LIKE 'slow-%%'")) == 2,
+               timeout=60, message="the slow purchases to commit")
+    time.sleep(8)  # their results and acks are tried, and fail
+    dedicated_redis.start()
+    up_at = time.monotonic()
+
+    # then the worker takes and decides what is sent next
+    flow = Flow(d, "after").build(10, first_passport=100)
+    flow.send_all()
+    done_at = flow.wait_decided(timeout=60)
+    # and the two whose acks failed come back after the visibility timeout: replayed, not doubled
+    wait_until(lambda: waiting(d) == (0, 0), timeout=VISIBILITY_S + 30, message="the unacknowledged to be redelivered")
+    charges = d.sql("SELECT count(*) FROM charges c JOIN purchases p ON p.application_number = c.application_number "
+                    "WHERE p.order_id LIKE 'slow-%%'")[0][0]
+    report("acks failed while redis was down", sent=12, decided=flow.decided() + 2, lost=0,
+           doubled=charges - 2, recovery_s=round(done_at - up_at, 1))
+    assert charges == 2
+    assert d.processes["w1"].poll() is None

@@ -7,6 +7,8 @@ The fault is chosen by ``MATOMETE_FAULTS_INJECT`` and patched in before the work
   and marking the outbox rows published.
 * ``poison`` — a purchase whose ``order_id`` starts with ``poison`` crashes its handler
   (``RuntimeError``), every time it is delivered: a bug that only this message triggers.
+* ``slow:SECONDS`` — a purchase whose ``order_id`` starts with ``slow`` takes SECONDS longer to
+  decide, so a test can keep every pool process busy while it stops a server.
 
 Everything else is the real `matomete` command line.
 """
@@ -53,12 +55,28 @@ def _poison() -> None:
     bus.HANDLERS["matomete.purchase"] = poisoned
 
 
+def _slow(seconds: float) -> None:
+    from matomete_core.service import bus
+
+    handler = bus.HANDLERS["matomete.purchase"]
+
+    @functools.wraps(handler)
+    def slow(conn, msg, body, now, **kw):  # noqa: ANN001, ANN003, ANN202
+        if msg.order_id.startswith("slow"):
+            time.sleep(seconds)
+        return handler(conn, msg, body, now, **kw)
+
+    bus.HANDLERS["matomete.purchase"] = slow
+
+
 def main() -> None:
     fault = os.environ.get("MATOMETE_FAULTS_INJECT", "")
     if fault.startswith("slow-relay:"):
         _slow_relay(fault.split(":", 1)[1])
     elif fault == "poison":
         _poison()
+    elif fault.startswith("slow:"):
+        _slow(float(fault.split(":", 1)[1]))
     elif fault:
         sys.exit(f"unknown MATOMETE_FAULTS_INJECT={fault!r}")
     from matomete_core.cli import main as matomete
