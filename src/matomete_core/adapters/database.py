@@ -11,13 +11,15 @@ import hashlib
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, create_engine, event, select, text
+from sqlalchemy import (
+    BindParameter, ColumnElement, Connection, Engine, Insert, Row, Table, any_, bindparam, create_engine, event, func,
+    insert, select, text)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from matomete_core.adapters.tables import lines
 
-__all__ = ["make_engine", "insert_ignore", "upsert", "lock_line", "lock_order", "lock_keys", "is_transient", "share_month",
+__all__ = ["make_engine", "insert_ignore", "insert_rows", "list_param", "among", "upsert", "lock_line", "lock_order", "lock_keys", "is_transient", "share_month",
            "seize_month", "try_close_lock", "release_close_lock"]
 
 
@@ -114,6 +116,45 @@ def upsert(conn: Connection, table, rows: list[dict[str, Any]], keys: list[str],
     stmt = stmt.on_conflict_do_update(index_elements=keys, set_=update_cols) if update_cols \
         else stmt.on_conflict_do_nothing(index_elements=keys)
     conn.execute(stmt, rows)
+
+
+def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]],
+                returning: tuple[str, ...] = ()) -> list[Row]:
+    """INSERT ``rows`` (dicts with the same keys) in one statement; the ``returning`` columns of
+    the rows inserted, in no particular order.
+
+    On PostgreSQL the rows travel as one array per column (``INSERT … SELECT unnest(…)``): the same
+    short statement for any number of rows, which psycopg parses once and PostgreSQL plans once.
+    A multi-row VALUES list is a new statement for every row count, with a parameter per value,
+    and parsing it cost the batch worker a fifth of its time. Elsewhere, an executemany."""
+    if not rows:
+        return []
+    stmt = _insert_rows(table, tuple(rows[0]), returning, conn.dialect.name == "postgresql")
+    if conn.dialect.name == "postgresql":
+        result = conn.execute(stmt, {c: [r[c] for r in rows] for c in rows[0]})
+    else:
+        result = conn.execute(stmt, rows)
+    return result.all() if returning else []
+
+
+@lru_cache(maxsize=64)
+def _insert_rows(table: Table, columns: tuple[str, ...], returning: tuple[str, ...], arrays: bool) -> Insert:
+    stmt = insert(table)
+    if arrays:
+        stmt = stmt.from_select(columns, select(*[
+            func.unnest(bindparam(c, type_=postgresql.ARRAY(table.c[c].type))).label(c) for c in columns]))
+    return stmt.returning(*[table.c[c] for c in returning]) if returning else stmt
+
+
+def list_param(name: str, type_: Any, *, arrays: bool) -> BindParameter:
+    """A list bound as one parameter: a PostgreSQL array (``arrays``), so the statement stays the
+    same whatever the list's length (see insert_rows), or elsewhere an expanding IN list."""
+    return bindparam(name, type_=postgresql.ARRAY(type_)) if arrays else bindparam(name, expanding=True)
+
+
+def among(column: Any, values: BindParameter) -> ColumnElement[bool]:
+    """``column IN values`` for a ``list_param``."""
+    return column == any_(values) if isinstance(values.type, postgresql.ARRAY) else column.in_(values)
 
 
 def _key(text_: str) -> int:

@@ -22,14 +22,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import lru_cache
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Connection, Select, bindparam, func, insert, literal, select, text, tuple_, union_all
+from sqlalchemy import BindParameter, Connection, Select, bindparam, func, literal, select, text, tuple_, union_all
 
-from matomete_core.adapters.database import is_transient, lock_keys
+from matomete_core.adapters.database import among, insert_rows, is_transient, list_param, lock_keys
 from matomete_core.adapters.tables import (
     billing_months, charges, contents, held_cancels, inbox, line_billing, lines, passport_ids, providers, purchases)
 from matomete_core.calendar import add_months, billing_month
@@ -140,37 +140,46 @@ def _decide_run(deps: Deps, items: list[_Item], now: datetime, on_commit: OnComm
     return out
 
 
-@lru_cache(maxsize=1)
-def _reads() -> dict[str, Select]:
-    """The batch's reads, built once; each takes its lists as expanding parameters."""
+@lru_cache(maxsize=2)
+def _reads(arrays: bool) -> dict[str, Select]:
+    """The batch's reads, built once for each kind of list parameter (``list_param``)."""
     p, h, ib, pid, lb = purchases.c, held_cancels.c, inbox.c, passport_ids.c, line_billing.c
-    listed = partial(bindparam, expanding=True)
+
+    def listed(name: str, column: Any) -> BindParameter:
+        return list_param(name, column.type, arrays=arrays)
+    providers_, orders = listed("providers", p.provider_id), listed("orders", p.order_id)
+    passports, customers = listed("passports", pid.passport_id), listed("customers", lines.c.customer_id)
     # each pair is asked for as "first IN (…) AND second IN (…)": that walks the two-column unique
     # index, where a row-value IN list scans the table; the extra pairs it may return are not asked
     # about
     facts = union_all(  # (kind, key, value): everything the order locks and the month locks protect
         select(literal("taken"), p.provider_id, p.order_id)
-        .where(p.provider_id.in_(listed("providers")), p.order_id.in_(listed("orders"))),
+        .where(among(p.provider_id, providers_), among(p.order_id, orders)),
         select(literal("held"), h.provider_id, h.order_id)
-        .where(h.provider_id.in_(listed("providers")), h.order_id.in_(listed("orders"))),
+        .where(among(h.provider_id, providers_), among(h.order_id, orders)),
         select(literal("seen"), ib.sender, ib.message_id)
-        .where(ib.sender.in_(listed("providers")), ib.message_id.in_(listed("ids"))),
-        select(literal("customer"), pid.passport_id, pid.customer_id).where(pid.passport_id.in_(listed("passports"))),
+        .where(among(ib.sender, providers_), among(ib.message_id, listed("ids", ib.message_id))),
+        select(literal("customer"), pid.passport_id, pid.customer_id).where(among(pid.passport_id, passports)),
         select(literal("shut"), billing_months.c.month, literal("")).where(billing_months.c.month >= bindparam("first")),
     )
     c = contents.c
-    usage = billing.month_lines(bindparam("month"), open_month=True, customer_id=listed("customers")).subquery()
+    usage = billing.month_lines(bindparam("month"), open_month=True, customer_id=customers).subquery()
     return {
         "providers": select(providers.c.provider_id, providers.c.signing_secrets)
-        .where(providers.c.active, providers.c.provider_id.in_(listed("providers"))),
+        .where(providers.c.active, among(providers.c.provider_id, providers_)),
         "facts": facts,
-        "contents": select(contents).where(tuple_(c.provider_id, c.content_id).in_(listed("contents"))),
-        "lines": select(lines).where(lines.c.customer_id.in_(listed("customers"))).order_by(lines.c.customer_id),
-        "holders": select(passport_ids).where(pid.passport_id.in_(listed("passports"))),
+        "contents": select(contents).where(tuple_(c.provider_id, c.content_id).in_(bindparam("contents", expanding=True))),
+        "lines": select(lines).where(among(lines.c.customer_id, customers)).order_by(lines.c.customer_id),
+        "holders": select(passport_ids).where(among(pid.passport_id, passports)),
         "accounts": select(lb.customer_id, lb.from_month, lb.billing_account)
-        .where(lb.customer_id.in_(listed("customers"))).order_by(lb.from_month),
+        .where(among(lb.customer_id, customers)).order_by(lb.from_month),
         "usage": select(usage.c.customer_id, usage.c.passport_id, func.sum(usage.c.amount))
         .group_by(usage.c.customer_id, usage.c.passport_id),
+        "subscriptions": select(p.dedupe_key, p.start_month, p.last_month, p.cancelled_at)
+        .where(among(p.dedupe_key, listed("keys", p.dedupe_key))),
+        "charged": select(charges.c.dedupe_key, charges.c.service_month)
+        .where(among(charges.c.dedupe_key, listed("keys", charges.c.dedupe_key)),
+               among(charges.c.service_month, listed("months", charges.c.service_month))),
     }
 
 
@@ -260,7 +269,7 @@ class _Decider:
     def _authenticate(self) -> None:
         """Keep the items of a known, active provider that signed them; the others are quarantined
         on the one-message path (deferred)."""
-        rows = self.conn.execute(_reads()["providers"], {"providers": list({i.msg.provider_id for i in self.items})})
+        rows = self.conn.execute(_reads(self.pg)["providers"], {"providers": list({i.msg.provider_id for i in self.items})})
         secrets = {pid: self.box.open(sealed) for pid, sealed in rows}
         for item in self.items:
             known = secrets.get(item.msg.provider_id)
@@ -274,7 +283,7 @@ class _Decider:
     def _facts(self) -> dict[str, set[tuple[str, str]]]:
         out: dict[str, set[tuple[str, str]]] = {"taken": set(), "held": set(), "seen": set(), "customer": set(),
                                                 "shut": set()}
-        for kind, key, value in self.conn.execute(_reads()["facts"], {
+        for kind, key, value in self.conn.execute(_reads(self.pg)["facts"], {
                 "providers": list({i.msg.provider_id for i in self.items}),
                 "orders": list({i.msg.order_id for i in self.items}),
                 "ids": list({i.msg.message_id for i in self.items}),
@@ -287,7 +296,7 @@ class _Decider:
         wanted = list({(i.msg.provider_id, i.msg.content_id) for i in self.items})
         return {(r.provider_id, r.content_id): Content(r.provider_id, r.content_id, r.name, r.price_type,
                                                        r.unit_price, r.term_months)
-                for r in self.conn.execute(_reads()["contents"], {"contents": wanted})} if wanted else {}
+                for r in self.conn.execute(_reads(self.pg)["contents"], {"contents": wanted})} if wanted else {}
 
     def _place_in_open_months(self, shut: set[str]) -> None:
         """Each item's billing month: its own, or the first open one after it (a late charge)."""
@@ -304,18 +313,18 @@ class _Decider:
 
     def _lock_lines(self) -> dict[str, Any]:
         wanted = sorted({i.customer_id for i in self.items if i.customer_id is not None})
-        stmt = _reads()["lines"].with_for_update() if self.pg else _reads()["lines"]
+        stmt = _reads(self.pg)["lines"].with_for_update() if self.pg else _reads(self.pg)["lines"]
         return {r.customer_id: r for r in self.conn.execute(stmt, {"customers": wanted})} if wanted else {}
 
     def _holders(self) -> dict[str, Any]:
         wanted = list({i.msg.passport_id for i in self.items if i.customer_id is not None})
-        return {r.passport_id: r for r in self.conn.execute(_reads()["holders"], {"passports": wanted})} \
+        return {r.passport_id: r for r in self.conn.execute(_reads(self.pg)["holders"], {"passports": wanted})} \
             if wanted else {}
 
     def _accounts(self) -> dict[tuple[str | None, str], str]:
         """Each line's billing account in each month the batch bills: the latest change effective by then."""
         wanted = list({i.customer_id for i in self.items if i.customer_id is not None})
-        rows = self.conn.execute(_reads()["accounts"], {"customers": wanted}).all() if wanted else []
+        rows = self.conn.execute(_reads(self.pg)["accounts"], {"customers": wanted}).all() if wanted else []
         changes: dict[str, list[tuple[str, str]]] = {}  # line → (from month, account), oldest first
         for customer_id, from_month, account in rows:
             changes.setdefault(customer_id, []).append((from_month, account))
@@ -332,7 +341,7 @@ class _Decider:
         for month in {i.month for i in self.items}:
             wanted = sorted({i.customer_id for i in self.items if i.month == month and i.customer_id is not None})
             if wanted:
-                for customer_id, passport_id, amount in self.conn.execute(_reads()["usage"],
+                for customer_id, passport_id, amount in self.conn.execute(_reads(self.pg)["usage"],
                                                                           {"month": month, "customers": wanted}):
                     out.setdefault((month, customer_id), {})[passport_id] = int(amount)
         return out
@@ -344,13 +353,11 @@ class _Decider:
                 if getattr(content_of.get((i.msg.provider_id, i.msg.content_id)), "price_type", None) == MONTHLY_FLAT}
         if not keys:
             return {}, set()
-        p = purchases.c
         subs: dict[str, list] = {}
-        for key, start, last, cancelled in self.conn.execute(
-                select(p.dedupe_key, p.start_month, p.last_month, p.cancelled_at).where(p.dedupe_key.in_(keys))):
+        for key, start, last, cancelled in self.conn.execute(_reads(self.pg)["subscriptions"], {"keys": list(keys)}):
             subs.setdefault(key, []).append((start, last, cancelled))
-        charged = {tuple(r) for r in self.conn.execute(select(charges.c.dedupe_key, charges.c.service_month).where(
-            charges.c.dedupe_key.in_(keys), charges.c.service_month.in_({i.start for i in self.items})))}
+        charged = {tuple(r) for r in self.conn.execute(_reads(self.pg)["charged"], {
+            "keys": list(keys), "months": list({i.start for i in self.items})})}
         return subs, charged
 
     def _holder(self, item: _Item, line_of: dict, holder_row: dict) -> Holder | None:
@@ -370,21 +377,20 @@ class _Decider:
 
     def _write(self, accepted: list[tuple[_Item, Content, str]]) -> None:
         now, conn = self.now, self.conn
-        if accepted:
-            numbers = conn.execute(insert(purchases).returning(purchases.c.application_number,
-                                                               sort_by_parameter_order=True), [
-                {"provider_id": i.msg.provider_id, "order_id": i.msg.order_id, "passport_id": i.msg.passport_id,
-                 "customer_id": i.customer_id, "content_id": i.msg.content_id, "price_type": c.price_type,
-                 "unit_price": c.unit_price, "quantity": i.msg.quantity, "purchased_at": i.msg.occurred_at,
-                 "start_month": i.start,
-                 "last_month": term_last_month(i.start, c.term_months) if c.price_type == MONTHLY_FLAT else i.start,
-                 "term_months": c.term_months,
-                 "dedupe_key": billing.dedupe_key(i.msg.passport_id, i.msg.provider_id, i.msg.content_id)
-                 if c.price_type == MONTHLY_FLAT else None} for i, c, _ in accepted]).scalars().all()
+        numbers = {(provider, order): number for provider, order, number in insert_rows(conn, purchases, [
+            {"provider_id": i.msg.provider_id, "order_id": i.msg.order_id, "passport_id": i.msg.passport_id,
+             "customer_id": i.customer_id, "content_id": i.msg.content_id, "price_type": c.price_type,
+             "unit_price": c.unit_price, "quantity": i.msg.quantity, "purchased_at": i.msg.occurred_at,
+             "start_month": i.start,
+             "last_month": term_last_month(i.start, c.term_months) if c.price_type == MONTHLY_FLAT else i.start,
+             "term_months": c.term_months,
+             "dedupe_key": billing.dedupe_key(i.msg.passport_id, i.msg.provider_id, i.msg.content_id)
+             if c.price_type == MONTHLY_FLAT else None} for i, c, _ in accepted],
+            returning=("provider_id", "order_id", "application_number"))}
         events: list[tuple[str, BaseModel]] = []
         rows = []
-        for (item, content, account), number in zip(accepted, numbers if accepted else []):
-            item.number = number
+        for item, content, account in accepted:
+            item.number = number = numbers[(item.msg.provider_id, item.msg.order_id)]
             item.decision = item.decision.model_copy(update={"application_number": str(number)})
             msg, monthly = item.msg, content.price_type == MONTHLY_FLAT
             for service_month in item.plan:
@@ -401,14 +407,12 @@ class _Decider:
                     billing_account=account, passport_id=msg.passport_id, provider_id=msg.provider_id,
                     content_id=msg.content_id, month=item.month, quantity=msg.quantity, amount=amount,
                     late=service_month != item.month)))
-        if rows:
-            conn.execute(insert(charges), rows)
+        insert_rows(conn, charges, rows)
         decided = [i for i in self.items if i.decision is not None and not i.deferred]
-        if decided:
-            conn.execute(insert(inbox), [
-                {"sender": i.msg.provider_id, "message_id": i.msg.message_id, "task": i.msg.task,
-                 "content_hash": content_hash(i.body), "order_id": i.msg.order_id, "received_at": now,
-                 "decision": i.decision.model_dump(mode="json")} for i in decided])
+        insert_rows(conn, inbox, [
+            {"sender": i.msg.provider_id, "message_id": i.msg.message_id, "task": i.msg.task,
+             "content_hash": content_hash(i.body), "order_id": i.msg.order_id, "received_at": now,
+             "decision": i.decision.model_dump(mode="json")} for i in decided])
         events += [(outbox.provider_results(i.msg.provider_id),
                     DecisionEvent(event_id=outbox.new_event_id(), **i.decision.model_dump())) for i in decided]
         outbox.emit_many(conn, events, now=now)

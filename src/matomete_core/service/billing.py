@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from sqlalchemy import Connection, Select, bindparam, exists, func, literal, or_, select, union_all
+from sqlalchemy import BindParameter, Connection, Select, bindparam, exists, func, literal, or_, select, union_all
+from sqlalchemy.dialects.postgresql import ARRAY
 
+from matomete_core.adapters.database import among
 from matomete_core.adapters.tables import charges, purchases
 from matomete_core.rules.purchase import MONTHLY_FLAT
 
@@ -25,9 +27,10 @@ def dedupe_key(passport_id: str, provider_id: str, content_id: str) -> str:
 Customers = str | list[str] | None  # one line, some lines, or all
 
 
-def _of(column, customer_id):  # noqa: ANN001, ANN202 — a value, a list, or a bound parameter of either
-    many = isinstance(customer_id, list) or getattr(customer_id, "expanding", False)
-    return column.in_(customer_id) if many else column == customer_id
+def _of(column, customer_id):  # noqa: ANN001, ANN202 — a value, a list, a list_param or a bound value
+    if isinstance(customer_id, BindParameter) and (customer_id.expanding or isinstance(customer_id.type, ARRAY)):
+        return among(column, customer_id)
+    return column.in_(customer_id) if isinstance(customer_id, list) else column == customer_id
 
 
 def _charged(month: str, customer_id: Customers, passport_id: str | None) -> Select:

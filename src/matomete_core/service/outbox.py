@@ -15,8 +15,9 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel
-from sqlalchemy import Connection, exists, insert, literal, select
+from sqlalchemy import Connection, exists, literal, select
 
+from matomete_core.adapters.database import insert_rows
 from matomete_core.adapters.tables import charges, invoices, outbox, purchases
 from matomete_core.messages import ChargeRecord
 
@@ -61,8 +62,8 @@ def emit_many(conn: Connection, rows: list[tuple[str, BaseModel]], *, now: datet
     if not rows:
         return
     written = [Written(e.event_id, q, e.model_dump_json()) for q, e in rows]
-    conn.execute(insert(outbox), [{"event_id": w.event_id, "queue": w.queue, "body": w.body, "created_at": now}
-                                  for w in written])
+    insert_rows(conn, outbox, [{"event_id": w.event_id, "queue": w.queue, "body": w.body, "created_at": now}
+                               for w in written])
     tracked = _tracked.get()
     if tracked is not None:
         tracked.extend(written)
