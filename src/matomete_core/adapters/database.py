@@ -8,11 +8,13 @@ write lock at ``BEGIN IMMEDIATE``, so its transactions are serial and the locks 
 from __future__ import annotations
 
 import hashlib
+import json
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
-    BindParameter, ColumnElement, Connection, Engine, Insert, Row, Table, any_, bindparam, create_engine, event, func,
+    BindParameter, ColumnElement, Connection, Engine, Row, Table, TextClause, any_, bindparam, create_engine, event,
     insert, select, text)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -123,27 +125,37 @@ def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]],
     """INSERT ``rows`` (dicts with the same keys) in one statement; the ``returning`` columns of
     the rows inserted, in no particular order.
 
-    On PostgreSQL the rows travel as one array per column (``INSERT … SELECT unnest(…)``): the same
-    short statement for any number of rows, which psycopg parses once and PostgreSQL plans once.
-    A multi-row VALUES list is a new statement for every row count, with a parameter per value,
-    and parsing it cost the batch worker a fifth of its time. Elsewhere, an executemany."""
+    On PostgreSQL the rows travel as one JSON document (``json_populate_recordset``): the same short
+    statement for any number of rows, with one parameter, which psycopg encodes at the speed of
+    ``json.dumps`` and PostgreSQL parses in C. A multi-row VALUES list is a new statement for every
+    row count, with a parameter per value, and parsing and binding it cost the batch worker a
+    fifth of its time. Elsewhere, an executemany."""
     if not rows:
         return []
-    stmt = _insert_rows(table, tuple(rows[0]), returning, conn.dialect.name == "postgresql")
+    columns = tuple(rows[0])
     if conn.dialect.name == "postgresql":
-        result = conn.execute(stmt, {c: [r[c] for r in rows] for c in rows[0]})
+        result = conn.execute(_rows_from_json(table, columns, returning),
+                              {"rows": json.dumps(rows, default=_iso, ensure_ascii=False)})
     else:
-        result = conn.execute(stmt, rows)
+        stmt = insert(table)
+        result = conn.execute(stmt.returning(*[table.c[c] for c in returning]) if returning else stmt, rows)
     return result.all() if returning else []
 
 
 @lru_cache(maxsize=64)
-def _insert_rows(table: Table, columns: tuple[str, ...], returning: tuple[str, ...], arrays: bool) -> Insert:
-    stmt = insert(table)
-    if arrays:
-        stmt = stmt.from_select(columns, select(*[
-            func.unnest(bindparam(c, type_=postgresql.ARRAY(table.c[c].type))).label(c) for c in columns]))
-    return stmt.returning(*[table.c[c] for c in returning]) if returning else stmt
+def _rows_from_json(table: Table, columns: tuple[str, ...], returning: tuple[str, ...]) -> TextClause:
+    listed = ", ".join(columns)
+    back = f" RETURNING {', '.join(returning)}" if returning else ""
+    return text(f"INSERT INTO {table.name} ({listed}) SELECT {listed} "  # noqa: S608 — our own table and columns
+                f"FROM json_populate_recordset(NULL::{table.name}, CAST(:rows AS json)){back}")
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: every stored time is aware")
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def list_param(name: str, type_: Any, *, arrays: bool) -> BindParameter:
