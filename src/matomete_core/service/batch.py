@@ -33,7 +33,7 @@ from matomete_core.adapters.database import among, insert_rows, is_transient, li
 from matomete_core.adapters.tables import (
     billing_months, charges, contents, held_cancels, inbox, line_billing, lines, passport_ids, providers, purchases)
 from matomete_core.calendar import add_months, billing_month
-from matomete_core.messages import ChargeRecord, Decision, DecisionEvent, Purchase, parse
+from matomete_core.messages import Decision, DecisionEvent, Purchase, parse
 from matomete_core.reasons import Reason
 from matomete_core.rules.purchase import (
     MONTHLY_FLAT, Content, Holder, Usage, decide_purchase, term_last_month)
@@ -41,7 +41,7 @@ from matomete_core.security import SecretBox, signature_matches
 from matomete_core.service import billing, bus, outbox
 from matomete_core.service.deps import Deps
 from matomete_core.service.inbox import content_hash
-from matomete_core.service.provider import release_held_cancels
+from matomete_core.service.provider import charge, purchase_row, release_held_cancels
 
 __all__ = ["Inbound", "decide_batch"]
 
@@ -377,36 +377,20 @@ class _Decider:
 
     def _write(self, accepted: list[tuple[_Item, Content, str]]) -> None:
         now, conn = self.now, self.conn
-        numbers = {(provider, order): number for provider, order, number in insert_rows(conn, purchases, [
-            {"provider_id": i.msg.provider_id, "order_id": i.msg.order_id, "passport_id": i.msg.passport_id,
-             "customer_id": i.customer_id, "content_id": i.msg.content_id, "price_type": c.price_type,
-             "unit_price": c.unit_price, "quantity": i.msg.quantity, "purchased_at": i.msg.occurred_at,
-             "start_month": i.start,
-             "last_month": term_last_month(i.start, c.term_months) if c.price_type == MONTHLY_FLAT else i.start,
-             "term_months": c.term_months,
-             "dedupe_key": billing.dedupe_key(i.msg.passport_id, i.msg.provider_id, i.msg.content_id)
-             if c.price_type == MONTHLY_FLAT else None} for i, c, _ in accepted],
+        bought = [(item, account, purchase_row(item.msg, content, item.customer_id, item.start))
+                  for item, content, account in accepted]
+        numbers = {(provider, order): number for provider, order, number in insert_rows(
+            conn, purchases, [purchase for _, _, purchase in bought],
             returning=("provider_id", "order_id", "application_number"))}
         events: list[tuple[str, BaseModel]] = []
         rows = []
-        for item, content, account in accepted:
+        for item, account, purchase in bought:
             item.number = number = numbers[(item.msg.provider_id, item.msg.order_id)]
             item.decision = item.decision.model_copy(update={"application_number": str(number)})
-            msg, monthly = item.msg, content.price_type == MONTHLY_FLAT
             for service_month in item.plan:
-                amount = content.unit_price * msg.quantity
-                rows.append({"application_number": number, "customer_id": item.customer_id,
-                             "passport_id": msg.passport_id, "provider_id": msg.provider_id,
-                             "content_id": msg.content_id, "service_month": service_month,
-                             "billing_month": item.month, "quantity": msg.quantity, "amount": amount,
-                             "late": service_month != item.month,
-                             "dedupe_key": billing.dedupe_key(msg.passport_id, msg.provider_id, msg.content_id)
-                             if monthly else None})
-                events.append((outbox.BILLING_RECORDS, ChargeRecord(
-                    event_id=outbox.new_event_id(), application_number=str(number), customer_id=item.customer_id,
-                    billing_account=account, passport_id=msg.passport_id, provider_id=msg.provider_id,
-                    content_id=msg.content_id, month=item.month, quantity=msg.quantity, amount=amount,
-                    late=service_month != item.month)))
+                row, record = charge(purchase, number, account, service_month, item.month)
+                rows.append(row)
+                events.append((outbox.BILLING_RECORDS, record))
         insert_rows(conn, charges, rows)
         decided = [i for i in self.items if i.decision is not None and not i.deferred]
         insert_rows(conn, inbox, [

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from functools import lru_cache
+from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import Connection, Select, and_, bindparam, delete, exists, insert, literal, select, update
@@ -26,7 +27,8 @@ from matomete_core.rules.purchase import (
 from matomete_core.service import billing, inbox as inbox_svc, outbox
 from matomete_core.service.months import first_open_month, is_open
 
-__all__ = ["handle_purchase", "handle_cancel", "expire_held_cancels", "billing_account_for", "release_held_cancels"]
+__all__ = ["handle_purchase", "handle_cancel", "expire_held_cancels", "billing_account_for", "release_held_cancels",
+           "purchase_row", "charge"]
 
 
 def _event(decision: Decision) -> DecisionEvent:
@@ -157,31 +159,43 @@ def _load_holder(conn: Connection, passport_id: str, customer_id: str | None,
 _NEW_PURCHASE = insert(purchases).returning(purchases.c.application_number)
 
 
+def purchase_row(msg: Purchase, content: Content, customer_id: str, start: str) -> dict[str, Any]:
+    """The ``purchases`` row of an accepted purchase (its application number comes from the insert)."""
+    monthly = content.price_type == MONTHLY_FLAT
+    return dict(provider_id=msg.provider_id, order_id=msg.order_id, passport_id=msg.passport_id,
+                customer_id=customer_id, content_id=msg.content_id, price_type=content.price_type,
+                unit_price=content.unit_price, quantity=msg.quantity, purchased_at=msg.occurred_at, start_month=start,
+                last_month=term_last_month(start, content.term_months) if monthly else start,
+                term_months=content.term_months,
+                dedupe_key=billing.dedupe_key(msg.passport_id, msg.provider_id, msg.content_id) if monthly else None)
+
+
+def charge(purchase: dict[str, Any], number: int, account: str, service_month: str,
+           month: str) -> tuple[dict[str, Any], ChargeRecord]:
+    """The ``charges`` row for ``service_month`` of purchase row ``purchase``, billed in ``month``,
+    and its billing record."""
+    amount = purchase["unit_price"] * purchase["quantity"]
+    row = dict(application_number=number, customer_id=purchase["customer_id"], passport_id=purchase["passport_id"],
+               provider_id=purchase["provider_id"], content_id=purchase["content_id"], service_month=service_month,
+               billing_month=month, quantity=purchase["quantity"], amount=amount, late=service_month != month,
+               dedupe_key=purchase["dedupe_key"])
+    record = ChargeRecord(event_id=outbox.new_event_id(), application_number=str(number),
+                          customer_id=purchase["customer_id"], billing_account=account,
+                          passport_id=purchase["passport_id"], provider_id=purchase["provider_id"],
+                          content_id=purchase["content_id"], month=month, quantity=purchase["quantity"],
+                          amount=amount, late=service_month != month)
+    return row, record
+
+
 def _accept(conn: Connection, msg: Purchase, content: Content, holder: Holder, account: str, start: str,
             month: str, plan: list[str]) -> tuple[int, list[tuple[str, BaseModel]]]:
-    monthly = content.price_type == MONTHLY_FLAT
-    key = billing.dedupe_key(msg.passport_id, msg.provider_id, msg.content_id) if monthly else None
-    number = conn.execute(_NEW_PURCHASE, dict(
-        provider_id=msg.provider_id, order_id=msg.order_id, passport_id=msg.passport_id,
-        customer_id=holder.customer_id, content_id=msg.content_id, price_type=content.price_type,
-        unit_price=content.unit_price, quantity=msg.quantity, purchased_at=msg.occurred_at, start_month=start,
-        last_month=term_last_month(start, content.term_months) if monthly else start,
-        term_months=content.term_months, dedupe_key=key,
-    )).scalar_one()
+    purchase = purchase_row(msg, content, holder.customer_id, start)
+    number = conn.execute(_NEW_PURCHASE, purchase).scalar_one()
     events: list[tuple[str, BaseModel]] = []
-    for service_month in (plan if monthly else [start]):
-        amount = content.unit_price * msg.quantity
-        inserted = insert_ignore(conn, charges, application_number=number, customer_id=holder.customer_id,
-                                 passport_id=msg.passport_id, provider_id=msg.provider_id,
-                                 content_id=msg.content_id, service_month=service_month, billing_month=month,
-                                 quantity=msg.quantity, amount=amount, late=service_month != month,
-                                 dedupe_key=key)
-        if inserted is not None:
-            events.append((outbox.BILLING_RECORDS, ChargeRecord(
-                event_id=outbox.new_event_id(), application_number=str(number), customer_id=holder.customer_id,
-                billing_account=account, passport_id=msg.passport_id, provider_id=msg.provider_id,
-                content_id=msg.content_id, month=month, quantity=msg.quantity, amount=amount,
-                late=service_month != month)))
+    for service_month in (plan if content.price_type == MONTHLY_FLAT else [start]):
+        row, record = charge(purchase, number, account, service_month, month)
+        if insert_ignore(conn, charges, **row) is not None:
+            events.append((outbox.BILLING_RECORDS, record))
     return number, events
 
 
