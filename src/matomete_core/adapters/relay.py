@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime
+from functools import lru_cache
 
 from kombu import Connection as KombuConnection, Exchange, Queue
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, Executable, bindparam, select, text, update
 
 from matomete_core.adapters.tables import outbox
 from matomete_core.service.outbox import Written, expand
@@ -64,11 +65,25 @@ def publish_written(engine: Engine, publisher, rows: list[Written], *, now: date
         return
     _publish_all(publisher, [(r.queue, r.body, r.event_id) for r in rows])
     with engine.connect() as conn:
-        if conn.dialect.name == "postgresql":  # one statement: no BEGIN/COMMIT round trips
+        pg = conn.dialect.name == "postgresql"
+        if pg:  # one statement: no BEGIN/COMMIT round trips
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        conn.execute(update(outbox).where(outbox.c.event_id.in_([r.event_id for r in rows]),
-                                          outbox.c.published_at.is_(None)).values(published_at=now))
+        conn.execute(_mark_published(pg), {"event_ids": [r.event_id for r in rows], "now": now})
         conn.commit()
+
+
+@lru_cache(maxsize=2)
+def _mark_published(pg: bool) -> Executable:
+    """Built once. On PostgreSQL the ids travel as one array (the same statement for any count),
+    and this one commit does not wait for its WAL flush: the mark only spares the relay a second
+    publish, so losing it in a crash costs a duplicate with the same event_id, never a message —
+    and it halves the cost of marking, paid after every decision."""
+    if pg:
+        return text("WITH hint AS (SELECT set_config('synchronous_commit', 'off', true)) "
+                    "UPDATE outbox SET published_at = :now FROM hint "
+                    "WHERE event_id = ANY(CAST(:event_ids AS varchar[])) AND published_at IS NULL")
+    return update(outbox).where(outbox.c.event_id.in_(bindparam("event_ids", expanding=True)),
+                                outbox.c.published_at.is_(None)).values(published_at=bindparam("now"))
 
 
 def _publish_all(publisher, messages: list[tuple[str, str, str]]) -> None:  # noqa: ANN001
