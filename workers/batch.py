@@ -177,12 +177,12 @@ class BatchWorker:
 
     def finish(self, done: list[tuple[Taken, dict]]) -> None:
         """Store each result (as Celery's Redis backend does), then acknowledge each message."""
+        # Celery's own result format, built once: the batch's results are done at the same moment
+        done_meta = self.backend._get_result_meta(result=None, state=states.SUCCESS, traceback=None, request=None)
         with self.backend.client.pipeline() as pipe:
             for t, decision in done:
                 if t.task_id:
-                    meta = self.backend._get_result_meta(result=decision, state=states.SUCCESS, traceback=None,
-                                                         request=None)
-                    value = self.backend.encode({**meta, "task_id": t.task_id})
+                    value = self.backend.encode({**done_meta, "result": decision, "task_id": t.task_id})
                     key = self.backend.get_key_for_task(t.task_id)
                     pipe.set(key, value, ex=self.backend.expires)
                     pipe.publish(key, value)
