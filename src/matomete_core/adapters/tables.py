@@ -144,7 +144,8 @@ charges = Table(
     UniqueConstraint("dedupe_key", "service_month"),
     Index("ix_charges_customer_month", "customer_id", "billing_month"),
     Index("ix_charges_passport_month", "passport_id", "billing_month"),
-    Index("ix_charges_billing_month", "billing_month"),
+    # a line's charges of a month whichever month index the planner picks (migration 0006)
+    Index("ix_charges_billing_month_customer", "billing_month", "customer_id"),
 )
 
 billing_months = Table(
