@@ -10,9 +10,11 @@ one pipeline to store their results, one to acknowledge them:
   ``unacked`` hash and ``unacked_index`` exactly as kombu does for a consumer — so if this process
   dies, any worker's visibility sweep (kombu's ``restore_visible``, which this loop runs too) puts
   them back on the queue after the visibility timeout;
-* decide (service.batch.decide_batch), commit, publish the outbound messages;
+* decide (service.batch.decide_batch), commit;
 * store every result, then acknowledge every message. Killed in between: the messages come back
-  and replay from the inbox.
+  and replay from the inbox;
+* publish the outbound messages the batch committed — last, so that senders get their decisions
+  first; killed before, the outbox relay publishes them.
 
 Transient database errors keep the batch and retry it with backoff (its messages stay
 unacknowledged, their visibility renewed). A message that comes back redelivered is decided on its
@@ -147,12 +149,13 @@ class BatchWorker:
     def process(self, taken: list[Taken]) -> None:
         """Decide, store the results, acknowledge; a transient error keeps the batch and retries."""
         fresh = [t for t in taken if not t.redelivered and t.problem is None]
+        committed: list = []  # outbound rows committed so far, kept across retries
         attempt = 0
         while True:
             try:
                 started = time.monotonic()
                 decisions = batch.decide_batch(self.deps, [(t.task, t.args, t.kwargs) for t in fresh],
-                                               now=_now(), on_commit=self._publish) if fresh else []
+                                               now=_now(), on_commit=committed.extend) if fresh else []
                 break
             except Exception as exc:  # noqa: BLE001
                 if not is_transient(exc):
@@ -169,6 +172,7 @@ class BatchWorker:
         for t, decision in zip(fresh, decisions):
             metrics.observe_decision(t.task, decision, seconds)
         self.finish(list(zip(fresh, decisions)))
+        self._publish(committed)  # after the results: the senders wait for those, the relay covers these
         for t in taken:  # the undecodable, and the redelivered: one at a time, acknowledged at once
             if t.problem is not None:
                 self.finish([(t, self._quarantine(t, Quarantine.INVALID_MESSAGE, t.problem))])

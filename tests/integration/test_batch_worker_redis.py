@@ -96,6 +96,33 @@ def test_a_transient_database_error_keeps_the_batch_and_retries_it(setup, monkey
     assert charged(worker) == 3 and r.hlen("unacked") == 0
 
 
+def test_outbound_messages_follow_the_results_even_of_a_run_committed_before_a_retry(setup, monkeypatch):
+    worker, client, r = setup
+    results = send(client, [purchase(n) for n in range(3)])
+    from matomete_core.service import batch
+
+    real, attempts, steps = batch.decide_batch, [], []
+
+    def first_run_then_a_restart(deps, messages, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        attempts.append(len(messages))
+        if len(attempts) == 1:  # the first message's run commits, then the database goes away
+            real(deps, messages[:1], **kwargs)
+            raise OperationalError("SELECT 1", {}, Exception("the database is restarting"))
+        return real(deps, messages, **kwargs)
+
+    monkeypatch.setattr(batch, "decide_batch", first_run_then_a_restart)
+    monkeypatch.setattr("workers.batch.time.sleep", lambda _s: None)
+    for step in ("finish", "_publish"):
+        monkeypatch.setattr(worker, step, lambda rows, step=step, real=getattr(worker, step): (
+            steps.append((step, len(rows))), real(rows))[1])
+    worker.process(worker.take())
+
+    assert [res.get(timeout=5)["status"] for res in results] == ["accepted"] * 3
+    assert steps == [("finish", 3), ("_publish", 6)]  # every committed row, the first run's included
+    assert r.llen("billing-records") == 3 and r.llen("provider-results.PB") == 3
+    assert charged(worker) == 3
+
+
 def test_a_body_that_is_no_task_message_is_quarantined_and_acknowledged(setup):
     worker, _client, r = setup
     r.lpush("provider-events", b"\xff not json")
