@@ -14,8 +14,9 @@ from datetime import datetime
 from functools import lru_cache
 
 from kombu import Connection as KombuConnection, Exchange, Queue
-from sqlalchemy import Engine, Executable, bindparam, select, text, update
+from sqlalchemy import Engine, Update, bindparam, func, select, true, update
 
+from matomete_core.adapters.database import among, list_param
 from matomete_core.adapters.tables import outbox
 from matomete_core.service.outbox import Written, expand
 
@@ -73,17 +74,16 @@ def publish_written(engine: Engine, publisher, rows: list[Written], *, now: date
 
 
 @lru_cache(maxsize=2)
-def _mark_published(pg: bool) -> Executable:
-    """Built once. On PostgreSQL the ids travel as one array (the same statement for any count),
-    and this one commit does not wait for its WAL flush: the mark only spares the relay a second
-    publish, so losing it in a crash costs a duplicate with the same event_id, never a message —
-    and it halves the cost of marking, paid after every decision."""
-    if pg:
-        return text("WITH hint AS (SELECT set_config('synchronous_commit', 'off', true)) "
-                    "UPDATE outbox SET published_at = :now FROM hint "
-                    "WHERE event_id = ANY(CAST(:event_ids AS varchar[])) AND published_at IS NULL")
-    return update(outbox).where(outbox.c.event_id.in_(bindparam("event_ids", expanding=True)),
-                                outbox.c.published_at.is_(None)).values(published_at=bindparam("now"))
+def _mark_published(pg: bool) -> Update:
+    """Built once. On PostgreSQL the ids travel as one array (``list_param``: the same statement for
+    any count), and this one commit does not wait for its WAL flush: the mark only spares the relay
+    a second publish, so losing it in a crash costs a duplicate with the same event_id, never a
+    message — and it halves the cost of marking, paid after every decision."""
+    ids = list_param("event_ids", outbox.c.event_id.type, arrays=pg)
+    stmt = update(outbox).where(among(outbox.c.event_id, ids), outbox.c.published_at.is_(None))
+    if pg:  # set once as the statement runs, and local to its own transaction
+        stmt = stmt.where(select(func.set_config("synchronous_commit", "off", true())).scalar_subquery().is_not(None))
+    return stmt.values(published_at=bindparam("now"))
 
 
 def _publish_all(publisher, messages: list[tuple[str, str, str]]) -> None:  # noqa: ANN001
