@@ -91,6 +91,7 @@ def create_app(settings: Settings) -> Celery:
                                   "unacked_mutex_expire": t.restore_mutex_expire},
         result_backend_transport_options={"visibility_timeout": t.visibility_timeout},
         broker_connection_retry_on_startup=True,
+        worker_consumer="workers.consumer:Consumer",  # rides out a kombu error on a lost connection
         task_queues=[Queue(q, routing_key=q) for q in (*INBOUND_QUEUES, HOUSEKEEPING_QUEUE)],
         task_routes={name: {"queue": queue} for name, queue in ROUTES.items()},
         task_default_queue=HOUSEKEEPING_QUEUE,
