@@ -158,17 +158,19 @@ def worker(ctx: click.Context) -> None:
 @cli.command("batch-worker")
 @click.option("--size", default=200, type=click.IntRange(1, 5000), show_default=True,
               help="most messages decided in one batch")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=None,
+              help="batch processes, each deciding one batch at a time  [default: the number of CPUs]")
 @click.option("--loglevel", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
-def batch_worker(size: int, loglevel: str) -> None:
+def batch_worker(size: int, concurrency: int | None, loglevel: str) -> None:
     """Decide provider-events in micro-batches (README, "Micro-batches"); the other queues need a
     `matomete worker` beside it (`-X provider-events` to leave this queue to the batch workers)."""
     import logging
+    import os
 
     from workers import multiproc
 
     multiproc.prepare()
-    from workers import logging as json_logs, metrics
-    from workers.batch import BatchWorker
+    from workers import batch_pool, logging as json_logs, metrics
 
     logging.basicConfig(level=loglevel)
     json_logs.use_json(logging.getLogger())
@@ -176,10 +178,9 @@ def batch_worker(size: int, loglevel: str) -> None:
         port = metrics.configured_port()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    worker_ = BatchWorker(size=size)
     if port:
-        metrics.serve(port, worker_.deps.settings.database_url)
-    worker_.run()
+        metrics.serve(port, Settings.from_env().database_url)
+    batch_pool.run(size, concurrency or os.cpu_count() or 1, loglevel)
 
 
 @cli.command(context_settings=CELERY_PASSTHROUGH)

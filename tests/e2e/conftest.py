@@ -324,7 +324,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, mode: str = "task",
         system.cli("lines", "load", str(workdir / "lines.json"))
 
         if mode == "batch":
-            _start(system, "batch-worker", "batch-worker", "--loglevel=INFO", "--size=50")
+            _start(system, "batch-worker", "batch-worker", "--loglevel=INFO", "--size=50", "--concurrency=2")
             _start(system, "worker", "worker", "--loglevel=INFO", "--concurrency=2", "-X", "provider-events",
                    env={"MATOMETE_METRICS_PORT": str(_free_port())})
         else:

@@ -1,12 +1,14 @@
 """The provider path again, decided by `matomete batch-worker` (micro-batches) instead of a task
 per message: the same contract — the decision as the task's result, on `provider-results`, the
 charges on `billing-records`, the CLI's views — from a bare Celery client and from a raw LPUSH.
-Then a batch worker SIGKILLed with messages in hand: each is decided once, after it comes back.
-Nothing here imports matomete."""
+Then its processes: one killed is replaced; killed with their parent, what they held is decided once
+after it comes back; SIGTERM stops them all. Nothing here imports matomete."""
 
 from __future__ import annotations
 
+import os
 import signal
+from pathlib import Path
 
 import pytest
 import redis
@@ -40,12 +42,15 @@ def test_a_batch_worker_killed_with_messages_in_hand_decides_each_once_after_the
     broker = redis.Redis.from_url(system.env["MATOMETE_BROKER_URL"])
     results = [system.client.send_task("matomete.purchase", args=[m], queue="provider-events") for m in messages]
     wait_until(lambda: broker.hlen("unacked") > 0, timeout=10, interval=0.001, message="a batch in hand")
+    batch_processes = deciding(system.processes["batch-worker"].pid)
     system.processes["batch-worker"].send_signal(signal.SIGKILL)
     system.processes["batch-worker"].wait(10)
+    wait_until(lambda: not any(alive(pid) for pid in batch_processes), timeout=10,
+               message="its batch processes to die with it")
     in_hand = broker.hlen("unacked")
     assert in_hand > 0  # it died holding unacknowledged messages
     # when: it is started again (its visibility sweep hands back what the dead one held)
-    _start(system, "batch-worker", "batch-worker", "--loglevel=INFO", "--size=50")
+    _start(system, "batch-worker", "batch-worker", "--loglevel=INFO", "--size=50", "--concurrency=2")
     decisions = [r.get(timeout=VISIBILITY_TIMEOUT_S + 60) for r in results]
     # then: every message has its decision — all accepted, 300 × 100 yen is within the limits —
     # and each is charged once
@@ -54,3 +59,43 @@ def test_a_batch_worker_killed_with_messages_in_hand_decides_each_once_after_the
     assert len({d["application_number"] for d in decisions}) == len(messages)
     statement = system.cli_json("statement", KILL_LINE, system.month_of(messages[0]["occurred_at"]))
     assert (statement["total_count"], statement["total_amount"]) == (len(messages), 100 * len(messages))
+
+
+def deciding(parent: int) -> list[int]:
+    """The batch processes of a `matomete batch-worker` (spawned children; not its resource tracker)."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def alive(pid: int) -> bool:
+    try:  # a zombie nobody reaps is dead too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_batch_process_that_is_killed_is_replaced_and_the_worker_decides_on(system):
+    # given: the batch worker's two processes
+    parent = system.processes["batch-worker"].pid
+    before = wait_until(lambda: len(deciding(parent)) == 2 and deciding(parent), timeout=30,
+                        message="two batch processes")
+    # when: one is killed
+    os.kill(before[0], signal.SIGKILL)
+    # then: another takes its place, and purchases are decided
+    wait_until(lambda: len(set(deciding(parent)) - {before[0]}) == 2, timeout=30,
+               message="a new batch process in place of the killed one")
+    message = purchase_message(system, provider_id="PB", passport_id=KILL_PASSPORT, content_id="coin")
+    result = system.client.send_task("matomete.purchase", args=[message], queue="provider-events")
+    assert result.get(timeout=30)["status"] == "accepted"
+    assert "exited with -9; starting another" in system.logs["batch-worker"].read_text()
+
+
+def test_sigterm_stops_a_batch_worker_and_all_its_processes(system):
+    # given: a second batch worker beside the first
+    proc = _start(system, "batch-worker-2", "batch-worker", "--loglevel=INFO", "--concurrency=2")
+    processes = wait_until(lambda: len(deciding(proc.pid)) == 2 and deciding(proc.pid), timeout=30,
+                           message="two batch processes")
+    # when: it is told to stop, then it and its processes exit, cleanly
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    assert not any(alive(pid) for pid in processes)
