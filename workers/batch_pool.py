@@ -79,7 +79,11 @@ def _decide(size: int, loglevel: str, parent: int) -> None:
 
     logging.basicConfig(level=loglevel)
     json_logs.use_json(logging.getLogger())
-    BatchWorker(size=size).run()
+    try:
+        BatchWorker(size=size).run()
+    except Exception:  # e.g. Redis gone: the parent starts another, which reconnects
+        log.exception("batch process failed")
+        raise SystemExit(1) from None
 
 
 def _forget(pid: int | None) -> None:
