@@ -17,7 +17,8 @@ one pipeline to store their results, one to acknowledge them:
   first; killed before, the outbox relay publishes them.
 
 Transient database errors keep the batch and retry it with backoff (its messages stay
-unacknowledged, their visibility renewed). A message that comes back redelivered is decided on its
+unacknowledged, their visibility renewed). A lost Redis connection is waited out with backoff: the
+batch in hand, if its results or acks could not be stored, comes back by the sweep and replays. A message that comes back redelivered is decided on its
 own and acknowledged at once; one whose worker died with it MAX_DELIVERIES times is quarantined
 (workers.tasks has the same rule for `matomete worker`).
 """
@@ -127,16 +128,27 @@ class BatchWorker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._stop)
         log.info("batch worker consuming %s, up to %d messages a batch", QUEUE, self.size)
-        idle = 0.0
+        idle, lost = 0.0, 0
         while not self.stopping:
             self._sweep()
-            taken = self.take()
-            if not taken:
+            try:
+                taken = self.take()
+                if taken:
+                    self.process(taken)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                # Redis away (restarting, unreachable): what this batch committed is in the inbox and
+                # the outbox; its messages stay unacknowledged in Redis and come back by the sweep
+                lost += 1
+                pause = min(TIMINGS.max_retry_backoff, 2 ** min(lost - 1, 5))
+                log.warning("the broker is unreachable (%s); trying again in %ss", type(exc).__name__, pause)
+                time.sleep(pause)
+                continue
+            lost = 0
+            if taken:
+                idle = 0.0
+            else:
                 idle = min(self.max_idle_s, max(0.001, idle * 2))
                 time.sleep(idle)
-                continue
-            idle = 0.0
-            self.process(taken)
         self._kombu.release()
 
     def _stop(self, *_: Any) -> None:

@@ -46,10 +46,19 @@ def waiting(d: Deployment) -> tuple[int, int]:
         return r.llen("provider-events"), r.hlen("unacked")
 
 
-def test_redis_restarted_mid_stream_keeps_its_queue_and_everything_is_decided_once(deployment, dedicated_redis):
-    # given a worker and beat, and 240 provider messages sent faster than they are decided
+@pytest.mark.parametrize("mode", ["worker", "batch-worker"])
+def test_redis_restarted_mid_stream_keeps_its_queue_and_everything_is_decided_once(deployment, dedicated_redis,
+                                                                                   mode):
+    # given a worker (or a batch worker of two processes) and beat, and 240 provider messages sent
+    # faster than they are decided
     d: Deployment = deployment(MATOMETE_VISIBILITY_TIMEOUT=str(VISIBILITY_S))
-    d.start_worker("w1")
+    if mode == "worker":
+        d.start_worker("w1")
+    else:  # and a worker for the other queues, beat's relay among them (README, "Micro-batches")
+        d.start("w1", [d.matomete, "batch-worker", "--loglevel=INFO", "--size=20", "--concurrency=2"])
+        d.start("rest", [d.matomete, "worker", "--loglevel=INFO", "--concurrency=1", "-n", "rest@faults",
+                         "--without-mingle", "--without-gossip", "-X", "provider-events"])
+        d.wait_for_worker("rest")
     beat = d.start("beat", [d.matomete, "beat", "--loglevel=INFO", "-s", str(d.workdir / "beat-schedule")])
     flow = Flow(d, "redis").build(240).start(pace=0.002)
     wait_until(lambda: waiting(d)[0] >= 40 and flow.decided() >= 10, timeout=60,
@@ -73,7 +82,7 @@ def test_redis_restarted_mid_stream_keeps_its_queue_and_everything_is_decided_on
                timeout=60, message="the outbox to be relayed by the system itself")
     outbound = flow.outbound_gaps(d.drain_outbound())
     figures = flow.figures()
-    report("redis restarted", **figures, decided_before_restart=decided_before,
+    report(f"redis restarted under a {mode}", **figures, decided_before_restart=decided_before,
            queued_and_unacked_before=list(queued_before), queued_and_unacked_after=list(queued_after),
            down_s=round(up_at - down_at, 1), recovery_s=round(done_at - up_at, 1), outbound=outbound)
     assert sum(queued_after) >= queued_before[0] - 5  # the backlog survived (a few may be consumed meanwhile)
@@ -81,6 +90,8 @@ def test_redis_restarted_mid_stream_keeps_its_queue_and_everything_is_decided_on
     assert figures["not_as_expected"] == 0 and figures["quarantined"] == {}, figures
     assert outbound["gaps"] == 0 and outbound["mismatched"] == 0, outbound
     assert beat.poll() is None and d.processes["w1"].poll() is None  # both rode it out
+    if mode == "batch-worker":  # and so did its processes: none had to be replaced
+        assert "starting another" not in d.logs["w1"].read_text()
 
 
 def test_a_worker_whose_acks_failed_while_redis_was_down_consumes_again_when_it_is_back(deployment, dedicated_redis):
