@@ -207,6 +207,16 @@ class Deployment:
             self.wait_for_worker(name)
         return proc
 
+    def start_batch_worker(self, name: str = "w1", *, concurrency: int = 2, size: int = 20) -> subprocess.Popen:
+        """`matomete batch-worker` named ``name`` on provider-events, and a `matomete worker` named
+        ``rest`` for the other queues (beat's relay among them), as README's "Micro-batches" runs them."""
+        proc = self.start(name, [self.matomete, "batch-worker", "--loglevel=INFO", f"--size={size}",
+                                 f"--concurrency={concurrency}"])
+        self.start("rest", [self.matomete, "worker", "--loglevel=INFO", "--concurrency=1", "-n", "rest@faults",
+                            "--without-mingle", "--without-gossip", "-X", "provider-events"])
+        self.wait_for_worker("rest")
+        return proc
+
     def wait_for_worker(self, name: str) -> None:
         def answers() -> bool:
             proc = self.processes[name]

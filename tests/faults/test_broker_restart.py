@@ -54,11 +54,8 @@ def test_redis_restarted_mid_stream_keeps_its_queue_and_everything_is_decided_on
     d: Deployment = deployment(MATOMETE_VISIBILITY_TIMEOUT=str(VISIBILITY_S))
     if mode == "worker":
         d.start_worker("w1")
-    else:  # and a worker for the other queues, beat's relay among them (README, "Micro-batches")
-        d.start("w1", [d.matomete, "batch-worker", "--loglevel=INFO", "--size=20", "--concurrency=2"])
-        d.start("rest", [d.matomete, "worker", "--loglevel=INFO", "--concurrency=1", "-n", "rest@faults",
-                         "--without-mingle", "--without-gossip", "-X", "provider-events"])
-        d.wait_for_worker("rest")
+    else:  # one message a batch, so that it too falls behind the sender and leaves a backlog
+        d.start_batch_worker("w1", concurrency=1, size=1)
     beat = d.start("beat", [d.matomete, "beat", "--loglevel=INFO", "-s", str(d.workdir / "beat-schedule")])
     flow = Flow(d, "redis").build(240).start(pace=0.002)
     wait_until(lambda: waiting(d)[0] >= 40 and flow.decided() >= 10, timeout=60,

@@ -2,8 +2,8 @@
 then started again — on the dedicated cluster of this session (never the shared one).
 
 A decision is one transaction; an error that says the database is unreachable or restarting is
-transient (adapters.database.is_transient), so the task retries with backoff (1, 2, 4 … 30 s, for
-as long as it lasts) and is never turned into a decision. So after the outage every message is
+transient (adapters.database.is_transient), so the task — or the batch, under a batch worker —
+retries with backoff (1, 2, 4 … 30 s, for as long as it lasts) and is never turned into a decision. So after the outage every message is
 decided exactly as it would have been, and none is rejected or quarantined because of it.
 """
 
@@ -21,10 +21,14 @@ pytestmark = pytest.mark.faults
 OUTAGE_S = 30
 
 
-def test_postgresql_down_for_30_seconds_mid_stream_delays_decisions_but_changes_none(deployment, dedicated_pg):
-    # given a worker with the default settings, and 200 provider messages flowing in
+@pytest.mark.parametrize("mode", ["worker", "batch-worker"])
+def test_postgresql_down_for_30_seconds_mid_stream_delays_decisions_but_changes_none(deployment, dedicated_pg, mode):
+    # given a worker (or a batch worker) with the default settings, and 200 provider messages flowing in
     d: Deployment = deployment()
-    d.start_worker("w1")
+    if mode == "worker":
+        d.start_worker("w1")
+    else:
+        d.start_batch_worker("w1")
     flow = Flow(d, "pgdown").build(200).start(pace=0.05)
     wait_until(lambda: flow.decided() >= 40, timeout=60, message="the flow to get going")
 
@@ -43,7 +47,7 @@ def test_postgresql_down_for_30_seconds_mid_stream_delays_decisions_but_changes_
     outbound = flow.outbound_gaps(d.drain_outbound())
     figures = flow.figures()
     retries = sum(log.read_text(errors="replace").count("transient error, retrying") for log in d.logs.values())
-    report("postgresql restarted", **figures, decided_before_outage=decided_before,
+    report(f"postgresql restarted under a {mode}", **figures, decided_before_outage=decided_before,
            outage_s=round(up_at - down_at, 1), transient_retries_logged=retries,
            recovery_s=round(done_at - up_at, 1), outbound=outbound)
     # once, each with its charge, accepted as without the outage; nothing quarantined for it
