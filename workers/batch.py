@@ -18,9 +18,10 @@ one pipeline to store their results, one to acknowledge them:
 
 Transient database errors keep the batch and retry it with backoff (its messages stay
 unacknowledged, their visibility renewed). A lost Redis connection is waited out with backoff: the
-batch in hand, if its results or acks could not be stored, comes back by the sweep and replays. A message that comes back redelivered is decided on its
-own and acknowledged at once; one whose worker died with it MAX_DELIVERIES times is quarantined
-(workers.tasks has the same rule for `matomete worker`).
+batch in hand, if its results or acks could not be stored, comes back by the sweep and replays. A
+message that comes back redelivered is decided on its own and acknowledged at once; one whose
+worker died with it MAX_DELIVERIES times is quarantined (workers.tasks has the same rule for
+`matomete worker`).
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def decode(raw: bytes) -> Taken:
 
 
 class BatchWorker:
-    def __init__(self, *, size: int = 200, max_idle_s: float = 0.02, deps_: Deps | None = None,
+    def __init__(self, *, size: int = 500, max_idle_s: float = 0.02, deps_: Deps | None = None,
                  backend: Any = None):
         self.size, self.max_idle_s = size, max_idle_s
         self.deps = deps_ or deps()

@@ -81,7 +81,7 @@ def _decide(size: int, loglevel: str, parent: int) -> None:
     json_logs.use_json(logging.getLogger())
     try:
         BatchWorker(size=size).run()
-    except Exception:  # e.g. Redis gone: the parent starts another, which reconnects
+    except Exception:  # what the loop does not ride out (a bug): the parent starts another
         log.exception("batch process failed")
         raise SystemExit(1) from None
 

@@ -236,10 +236,10 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="2,000 messages")
     p.add_argument("--workers", type=int, default=1, help="worker processes (matomete worker)")
     p.add_argument("--concurrency", type=int, default=None,
-                   help="pool processes per worker (--mode task), batches decided at once (--mode batch)")
+                   help="pool processes (--mode task) or batch processes (--mode batch) per worker")
     p.add_argument("--mode", choices=["task", "batch"], default="task",
                    help="decide with `matomete worker` (a task per message) or `matomete batch-worker`")
-    p.add_argument("--size", type=int, default=200, help="batch size of `matomete batch-worker`")
+    p.add_argument("--size", type=int, default=500, help="batch size of `matomete batch-worker`")
     p.add_argument("--offered-rate", type=float, default=0,
                    help="offer this many purchases a second for the latency (default: half the measured rate)")
     p.add_argument("--preload", type=int, default=0,

@@ -156,7 +156,7 @@ def worker(ctx: click.Context) -> None:
 
 
 @cli.command("batch-worker")
-@click.option("--size", default=200, type=click.IntRange(1, 5000), show_default=True,
+@click.option("--size", default=500, type=click.IntRange(1, 5000), show_default=True,
               help="most messages decided in one batch")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=None,
               help="batch processes, each deciding one batch at a time  [default: the number of CPUs]")

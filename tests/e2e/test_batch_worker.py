@@ -66,8 +66,12 @@ def test_a_batch_worker_killed_with_messages_in_hand_decides_each_once_after_the
 
 def deciding(parent: int) -> list[int]:
     """The batch processes of a `matomete batch-worker` (spawned children; not its resource tracker)."""
-    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    return [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    def spawned(pid: str) -> bool:
+        try:
+            return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:  # gone meanwhile
+            return False
+    return [int(pid) for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split() if spawned(pid)]
 
 
 def alive(pid: int) -> bool:
