@@ -198,11 +198,12 @@ class Deployment:
         return proc
 
     def start_worker(self, name: str = "w1", *, concurrency: int = 2, argv: list[str] | None = None,
-                     env: dict[str, str] | None = None, wait: bool = True) -> subprocess.Popen:
+                     env: dict[str, str] | None = None, wait: bool = True,
+                     options: tuple[str, ...] = ()) -> subprocess.Popen:
         """`matomete worker` (or ``argv``, for a wrapped one) named ``name@faults``."""
         base = argv or [self.matomete]
         proc = self.start(name, [*base, "worker", "--loglevel=INFO", f"--concurrency={concurrency}",
-                                 "-n", f"{name}@faults", "--without-mingle", "--without-gossip"], env=env)
+                                 "-n", f"{name}@faults", "--without-mingle", "--without-gossip", *options], env=env)
         if wait:
             self.wait_for_worker(name)
         return proc
@@ -212,9 +213,7 @@ class Deployment:
         ``rest`` for the other queues (beat's relay among them), as README's "Micro-batches" runs them."""
         proc = self.start(name, [self.matomete, "batch-worker", "--loglevel=INFO", f"--size={size}",
                                  f"--concurrency={concurrency}"])
-        self.start("rest", [self.matomete, "worker", "--loglevel=INFO", "--concurrency=1", "-n", "rest@faults",
-                            "--without-mingle", "--without-gossip", "-X", "provider-events"])
-        self.wait_for_worker("rest")
+        self.start_worker("rest", concurrency=1, options=("-X", "provider-events"))
         return proc
 
     def wait_for_worker(self, name: str) -> None:

@@ -3,8 +3,9 @@ then started again — on the dedicated cluster of this session (never the share
 
 A decision is one transaction; an error that says the database is unreachable or restarting is
 transient (adapters.database.is_transient), so the task — or the batch, under a batch worker —
-retries with backoff (1, 2, 4 … 30 s, for as long as it lasts) and is never turned into a decision. So after the outage every message is
-decided exactly as it would have been, and none is rejected or quarantined because of it.
+retries with backoff (1, 2, 4 … 30 s, for as long as it lasts) and is never turned into a decision.
+So after the outage every message is decided exactly as it would have been, and none is rejected
+or quarantined because of it.
 """
 
 from __future__ import annotations
