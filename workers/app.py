@@ -19,7 +19,8 @@ Everything time-bound follows from one setting, ``MATOMETE_VISIBILITY_TIMEOUT`` 
   under 2 minutes) once any worker runs. A worker killed while it held the sweep's mutex
   delays the others' sweeps until the mutex expires (here V/6 s, kombu's default is 300 s);
 * the hard time limit is ⅔ V (60 s by default), the soft one a little less, so a task still
-  running is never handed out again;
+  running is never handed out again; a pool process killed at the hard limit gives its message
+  back to the queue like any killed one (the inbound tasks set ``acks_on_timeout=False``);
 * a retry's countdown stays under V/3 (30 s by default): a retry waits in its worker unacknowledged,
   and a countdown longer than V would have Redis hand it out again while it waits, doubling it on
   every retry of a long outage.

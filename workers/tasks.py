@@ -25,11 +25,12 @@ from workers.app import TIMINGS, app
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = TIMINGS.max_retry_backoff  # under the visibility timeout: see workers/app.py
 MAX_ATTEMPTS = 4  # of a message whose handling fails for a reason that is not transient
-MAX_DELIVERIES = 5  # of a message whose worker process dies with it (killed, out of memory) every time
+MAX_DELIVERIES = 5  # of a message whose worker process dies with it every time (see WorkerLostEachTime)
 
 
 class WorkerLostEachTime(Exception):
-    """The message came back MAX_DELIVERIES times: its worker process died on it each time."""
+    """The message came back MAX_DELIVERIES times: its worker process died on it each time (killed,
+    out of memory, or past the hard time limit)."""
 
 
 @lru_cache(maxsize=1)
@@ -91,7 +92,7 @@ def decide(task: Task, args: tuple, kwargs: dict) -> dict:
             raise WorkerLostEachTime()
         decision = bus.handle(d, task.name, args, kwargs, now=_now(), on_commit=partial(publish_quietly, d))
     except WorkerLostEachTime as exc:
-        decision = bus.quarantine_failure(d, task.name, args, kwargs, exc, MAX_DELIVERIES, now=_now())
+        decision = _quarantine(task, d, args, kwargs, exc, MAX_DELIVERIES)
     except Exception as exc:
         countdown = min(MAX_BACKOFF_S, 2 ** attempt)
         if is_transient(exc):
@@ -100,11 +101,21 @@ def decide(task: Task, args: tuple, kwargs: dict) -> dict:
         if attempt + 1 < MAX_ATTEMPTS:
             log.exception("handling failed (attempt %s of %s)", attempt + 1, MAX_ATTEMPTS)
             raise task.retry(exc=exc, countdown=countdown, max_retries=MAX_ATTEMPTS) from None
-        decision = bus.quarantine_failure(d, task.name, args, kwargs, exc, MAX_ATTEMPTS, now=_now())
+        decision = _quarantine(task, d, args, kwargs, exc, MAX_ATTEMPTS)
     metrics.observe_decision(task.name, decision, time.monotonic() - started)
     if decision["status"] == "quarantined":  # its own transaction may have queued a provider result
         _relay_quietly(d)
     return decision
+
+
+def _quarantine(task: Task, d: Deps, args: tuple, kwargs: dict, exc: Exception, attempts: int) -> dict:
+    """Keep the message for an operator; if even that fails (the database went away meanwhile), it
+    is retried later rather than acknowledged with nowhere to be found."""
+    try:
+        return bus.quarantine_failure(d, task.name, args, kwargs, exc, attempts, now=_now())
+    except Exception as failure:
+        log.warning("quarantining failed, retrying in %ss: %s", MAX_BACKOFF_S, type(failure).__name__)
+        raise task.retry(exc=failure, countdown=MAX_BACKOFF_S, max_retries=None) from None
 
 
 def inbound(name: str):  # noqa: ANN201
@@ -112,9 +123,13 @@ def inbound(name: str):  # noqa: ANN201
     logs and events (workers.requests)."""
     def register(fn):  # noqa: ANN001, ANN202
         # max_retries=None: retry(max_retries=None) means "the task's limit", and Celery's default
-        # limit (3) would fail — and so drop — a message after a few seconds of database outage
-        @app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None,
-                  Request="workers.requests:RedactedRequest")
+        # limit (3) would fail — and so drop — a message after a few seconds of database outage.
+        # acks_on_timeout=False: a pool process killed by the hard time limit gives its message
+        # back to the queue, as one killed any other way does (reject_on_worker_lost), and
+        # MAX_DELIVERIES quarantines one that hangs every time; Celery's default acknowledges it
+        # and the message is gone, with only a failed result to tell
+        @app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True, acks_on_timeout=False,
+                  max_retries=None, Request="workers.requests:RedactedRequest")
         def task(self, *args, **kwargs):  # noqa: ANN001, ANN202
             return decide(self, args, kwargs)
         task.__doc__ = fn.__doc__

@@ -9,6 +9,10 @@ The fault is chosen by ``MATOMETE_FAULTS_INJECT`` and patched in before the work
   (``RuntimeError``), every time it is delivered: a bug that only this message triggers.
 * ``slow:SECONDS`` — a purchase whose ``order_id`` starts with ``slow`` takes SECONDS longer to
   decide, so a test can keep every pool process busy while it stops a server.
+* ``hang:FILE`` — a purchase whose ``order_id`` starts with ``hang`` never returns, and swallows the
+  soft time limit as a careless library would, so only the hard time limit ends it: ``hang-once``
+  orders on their first delivery (their message ids are kept in FILE), ``hang-always`` ones on every
+  delivery.
 
 Everything else is the real `matomete` command line.
 """
@@ -69,6 +73,35 @@ def _slow(seconds: float) -> None:
     bus.HANDLERS["matomete.purchase"] = slow
 
 
+def _hang(path: str) -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from matomete_core.service import bus
+
+    handler = bus.HANDLERS["matomete.purchase"]
+
+    def hung() -> None:
+        while True:
+            try:
+                time.sleep(3600)
+            except SoftTimeLimitExceeded:
+                pass
+
+    @functools.wraps(handler)
+    def hanging(conn, msg, body, now, **kw):  # noqa: ANN001, ANN003, ANN202
+        if msg.order_id.startswith("hang-always"):
+            hung()
+        if msg.order_id.startswith("hang-once"):
+            seen = open(path, encoding="utf-8").read().split() if os.path.exists(path) else []
+            if msg.message_id not in seen:
+                with open(path, "a", encoding="utf-8") as out:
+                    out.write(msg.message_id + "\n")
+                hung()
+        return handler(conn, msg, body, now, **kw)
+
+    bus.HANDLERS["matomete.purchase"] = hanging
+
+
 def main() -> None:
     fault = os.environ.get("MATOMETE_FAULTS_INJECT", "")
     if fault.startswith("slow-relay:"):
@@ -77,6 +110,8 @@ def main() -> None:
         _poison()
     elif fault.startswith("slow:"):
         _slow(float(fault.split(":", 1)[1]))
+    elif fault.startswith("hang:"):
+        _hang(fault.split(":", 1)[1])
     elif fault:
         sys.exit(f"unknown MATOMETE_FAULTS_INJECT={fault!r}")
     from matomete_core.cli import main as matomete

@@ -58,10 +58,24 @@ def test_a_message_whose_handling_keeps_failing_is_quarantined_not_dropped(faili
     assert [q["reason"] for q in list_quarantined(deps.engine)] == ["PROCESSING_FAILED"]
 
 
+def test_a_message_whose_quarantine_fails_too_is_retried_not_acknowledged(failing, monkeypatch):
+    failing(RuntimeError("a bug"))
+
+    def database_gone(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise OperationalError("INSERT INTO quarantine", {}, Exception("connection refused"))
+    monkeypatch.setattr(bus, "quarantine_failure", database_gone)
+    task = FakeTask(retries=tasks.MAX_ATTEMPTS - 1)
+    with pytest.raises(Retry):
+        tasks.decide(task, ({"message_id": "m-2"},), {})
+    assert task.retried[0]["countdown"] == tasks.MAX_BACKOFF_S and task.retried[0]["max_retries"] is None
+
+
 def test_the_worker_acknowledges_late_and_requeues_when_a_worker_process_dies():
     from workers.app import VISIBILITY_TIMEOUT_S, app
     conf = app.conf
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    purchase = app.tasks["matomete.purchase"]  # and when the hard time limit kills it (the fault test:
+    assert purchase.reject_on_worker_lost and purchase.acks_on_timeout is False  # test_hard_time_limit)
     assert conf.task_time_limit < VISIBILITY_TIMEOUT_S
     assert conf.broker_transport_options["visibility_timeout"] == VISIBILITY_TIMEOUT_S
     assert conf.timezone == "Asia/Tokyo"
