@@ -1,12 +1,14 @@
 """A decision's usage check reads the charges of its own line, not the whole month's, even early in a
 month, when PostgreSQL's statistics still know no charges of it (SPEC: limits are per line and per
-Passport ID; the cost of checking them must not grow with everyone else's purchases)."""
+Passport ID; the cost of checking them must not grow with everyone else's purchases). Both the
+one-message check and a micro-batch's, which asks about a few hundred lines at once."""
 
 from __future__ import annotations
 
 import pytest
 from sqlalchemy import text
 
+from matomete_core.service.batch import _PLAN_FOR_THE_BATCH, _reads
 from matomete_core.service.billing import _usage_by_passport
 
 pytestmark = pytest.mark.integration
@@ -14,14 +16,9 @@ pytestmark = pytest.mark.integration
 MONTH = "2026-08"
 
 
-def _scans_of_charges(plan: dict) -> list[dict]:
-    found = [plan] if plan.get("Relation Name") == "charges" else []
-    for child in plan.get("Plans", []):
-        found += _scans_of_charges(child)
-    return found
-
-
-def test_a_line_usage_check_reads_only_that_line_charges_while_the_month_statistics_are_stale(pg_deps):
+@pytest.fixture
+def stale_month(pg_deps):
+    """5,000 charges in MONTH on 500 lines (10 each), all made after the last ANALYZE."""
     engine = pg_deps.engine
     with engine.begin() as conn:
         conn.execute(text(
@@ -42,15 +39,42 @@ def test_a_line_usage_check_reads_only_that_line_charges_while_the_month_statist
             " service_month, billing_month, quantity, amount, late) "
             "SELECT application_number, customer_id, passport_id, 'PB', 'coin', :m, :m, 1, 10, false"
             " FROM purchases WHERE order_id LIKE 'early-%'"), {"m": MONTH})
+    return engine
 
-    compiled = _usage_by_passport().compile(dialect=engine.dialect)
-    params = compiled.construct_params({"month": MONTH, "customer_id": "L000000000007"})
-    with engine.connect() as conn:
+
+def _charges_read(engine, stmt, values: dict, *, batch: bool = False) -> tuple[int, list]:  # noqa: ANN001
+    """How many charge rows the statement's plan read (kept or filtered out), and its rows."""
+    compiled = stmt.compile(dialect=engine.dialect)
+    params = compiled.construct_params(values)
+    with engine.begin() as conn:
+        if batch:
+            conn.execute(_PLAN_FOR_THE_BATCH)
         cursor = conn.connection.driver_connection.cursor()
         cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + compiled.string, params)
         plan = cursor.fetchone()[0][0]["Plan"]
-    scans = _scans_of_charges(plan)
-    assert scans, plan
-    read = sum(s.get("Actual Rows", 0) + s.get("Rows Removed by Filter", 0) + s.get("Rows Removed by Index Recheck", 0)
-               for s in scans)
-    assert read <= 10, f"the check read {read} charges for a line that has 10 this month: {scans}"
+        cursor.execute(compiled.string, params)
+        rows = cursor.fetchall()
+
+    def scans(node: dict) -> list[dict]:
+        found = [node] if node.get("Relation Name") == "charges" else []
+        for child in node.get("Plans", []):
+            found += scans(child)
+        return found
+    found = scans(plan)
+    assert found, plan
+    # per loop in EXPLAIN: a scan run once per line reports each line's average
+    return sum((s.get("Actual Rows", 0) + s.get("Rows Removed by Filter", 0) + s.get("Rows Removed by Index Recheck", 0))
+               * s.get("Actual Loops", 1) for s in found), rows
+
+
+def test_a_line_usage_check_reads_only_that_line_charges_while_the_month_statistics_are_stale(stale_month):
+    read, rows = _charges_read(stale_month, _usage_by_passport(), {"month": MONTH, "customer_id": "L000000000007"})
+    assert sum(amount for _, amount in rows) == 100
+    assert read <= 10, f"the check read {read} charges for a line that has 10 this month"
+
+
+def test_a_batch_usage_check_reads_only_its_lines_charges_while_the_month_statistics_are_stale(stale_month):
+    lines = [f"L{n:012d}" for n in range(0, 500, 10)]  # 50 lines, 10 charges each this month
+    read, rows = _charges_read(stale_month, _reads(True)["usage"], {"month": MONTH, "customers": lines}, batch=True)
+    assert {line for line, _, _ in rows} == set(lines) and sum(amount for _, _, amount in rows) == 50 * 100
+    assert read <= 50 * 10, f"the batch's check read {read} charges for 50 lines that have 500 this month"

@@ -27,7 +27,9 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import BindParameter, Connection, Select, bindparam, func, literal, select, text, tuple_, union_all
+from sqlalchemy import (
+    BindParameter, Connection, Select, bindparam, func, literal, literal_column, select, text, true, tuple_, union_all)
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from matomete_core.adapters.database import among, insert_rows, is_transient, list_param, lock_keys
 from matomete_core.adapters.tables import (
@@ -173,7 +175,6 @@ def _reads(arrays: bool) -> dict[str, Select]:
         select(literal("shut"), billing_months.c.month, literal("")).where(billing_months.c.month >= bindparam("first")),
     )
     c = contents.c
-    usage = billing.month_lines(bindparam("month"), open_month=True, customer_id=customers).subquery()
     return {
         "providers": select(providers.c.provider_id, providers.c.signing_secrets)
         .where(providers.c.active, among(providers.c.provider_id, providers_)),
@@ -183,14 +184,37 @@ def _reads(arrays: bool) -> dict[str, Select]:
         "holders": select(passport_ids).where(among(pid.passport_id, passports)),
         "accounts": select(lb.customer_id, lb.from_month, lb.billing_account)
         .where(among(lb.customer_id, customers)).order_by(lb.from_month),
-        "usage": select(usage.c.customer_id, usage.c.passport_id, func.sum(usage.c.amount))
-        .group_by(usage.c.customer_id, usage.c.passport_id),
+        "usage": _usage(customers),
         "subscriptions": select(p.dedupe_key, p.start_month, p.last_month, p.cancelled_at)
         .where(among(p.dedupe_key, listed("keys", p.dedupe_key))),
         "charged": select(charges.c.dedupe_key, charges.c.service_month)
         .where(among(charges.c.dedupe_key, listed("keys", charges.c.dedupe_key)),
                among(charges.c.service_month, listed("months", charges.c.service_month))),
     }
+
+
+def _usage(customers: BindParameter) -> Select:
+    """(line, Passport ID, amount) of the month for each line asked about (billing.month_lines).
+
+    On PostgreSQL, line by line (``LATERAL``), so each line's charges are found through the
+    (billing_month, customer_id) index whatever the statistics say. Asked for a list of lines at
+    once, the planner — early in a month, or before autoanalyze, when it believes the month holds a
+    few hundred charges — read the whole month through the index's first column and filtered it:
+    47 ms a batch with 200,000 charges in the month against 14 ms line by line, and growing with
+    everyone's purchases."""
+    if not isinstance(customers.type, ARRAY):
+        month = billing.month_lines(bindparam("month"), open_month=True, customer_id=customers).subquery()
+        return select(month.c.customer_id, month.c.passport_id, func.sum(month.c.amount)).group_by(
+            month.c.customer_id, month.c.passport_id)
+    line = func.unnest(customers).table_valued("customer_id").render_derived(name="line")
+    # month_lines' selects sit in subqueries inside the LATERAL one, where SQLAlchemy would give each
+    # its own FROM line: they name the line's column in SQL instead
+    month = billing.month_lines(bindparam("month"), open_month=True,
+                                customer_id=literal_column("line.customer_id")).subquery()
+    per_line = select(month.c.passport_id, func.sum(month.c.amount).label("amount")).group_by(
+        month.c.passport_id).lateral("per_line")
+    return select(line.c.customer_id, per_line.c.passport_id, per_line.c.amount).select_from(
+        line.join(per_line, true()))
 
 
 class _Decider:
