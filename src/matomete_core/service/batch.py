@@ -160,18 +160,28 @@ def _reads(arrays: bool) -> dict[str, Select]:
     def listed(name: str, column: Any) -> BindParameter:
         return list_param(name, column.type, arrays=arrays)
     providers_, orders = listed("providers", p.provider_id), listed("orders", p.order_id)
+    ids = listed("ids", ib.message_id)
     passports, customers = listed("passports", pid.passport_id), listed("customers", lines.c.customer_id)
-    # each pair is asked for as "first IN (…) AND second IN (…)": that walks the two-column unique
-    # index, where a row-value IN list scans the table; the extra pairs it may return are not asked
-    # about
+
+    def each(kind: str, keys: list[tuple[Any, BindParameter]], shown: tuple[Any, Any]) -> Select:
+        """(kind, *shown) of the rows whose key columns hold one item's values (``keys``: column,
+        values — lists in step, one value per item)."""
+        if arrays:  # PostgreSQL: one index probe per item, whatever the statistics
+            # say (see _usage); a join would be a hash join over the whole table when the planner
+            # believes it small, and LIMIT keeps the LATERAL subquery from being made one
+            names = [f"k{n}" for n in range(len(keys))]
+            items = func.unnest(*(values for _, values in keys)).table_valued(*names).render_derived(name=kind)
+            row = select(*shown).where(*(column == items.c[name] for (column, _), name in zip(keys, names))) \
+                .limit(1).lateral()
+            return select(literal(kind), *row.c).select_from(items.join(row, true()))
+        # "first IN (…) AND second IN (…)" walks the same index, where a row-value IN list scans
+        # the table; the extra pairs it may return are not asked about
+        return select(literal(kind), *shown).where(*(among(column, values) for column, values in keys))
     facts = union_all(  # (kind, key, value): everything the order locks and the month locks protect
-        select(literal("taken"), p.provider_id, p.order_id)
-        .where(among(p.provider_id, providers_), among(p.order_id, orders)),
-        select(literal("held"), h.provider_id, h.order_id)
-        .where(among(h.provider_id, providers_), among(h.order_id, orders)),
-        select(literal("seen"), ib.sender, ib.message_id)
-        .where(among(ib.sender, providers_), among(ib.message_id, listed("ids", ib.message_id))),
-        select(literal("customer"), pid.passport_id, pid.customer_id).where(among(pid.passport_id, passports)),
+        each("taken", [(p.provider_id, providers_), (p.order_id, orders)], (p.provider_id, p.order_id)),
+        each("held", [(h.provider_id, providers_), (h.order_id, orders)], (h.provider_id, h.order_id)),
+        each("seen", [(ib.sender, providers_), (ib.message_id, ids)], (ib.sender, ib.message_id)),
+        each("customer", [(pid.passport_id, passports)], (pid.passport_id, pid.customer_id)),
         select(literal("shut"), billing_months.c.month, literal("")).where(billing_months.c.month >= bindparam("first")),
     )
     c = contents.c
@@ -317,9 +327,10 @@ class _Decider:
         out: dict[str, set[tuple[str, str]]] = {"taken": set(), "held": set(), "seen": set(), "customer": set(),
                                                 "shut": set()}
         for kind, key, value in self.conn.execute(_reads(self.pg)["facts"], {
-                "providers": list({i.msg.provider_id for i in self.items}),
-                "orders": list({i.msg.order_id for i in self.items}),
-                "ids": list({i.msg.message_id for i in self.items}),
+                # one each per item, in step: the (provider, order) and (provider, message id) pairs
+                "providers": [i.msg.provider_id for i in self.items],
+                "orders": [i.msg.order_id for i in self.items],
+                "ids": [i.msg.message_id for i in self.items],
                 "passports": list({i.msg.passport_id for i in self.items}),
                 "first": min(i.start for i in self.items)}):
             out[kind].add((key, value))
