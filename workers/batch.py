@@ -33,7 +33,7 @@ import signal
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 import redis
 from celery import states
@@ -112,8 +112,9 @@ def decode(raw: bytes) -> Taken:
 
 class BatchWorker:
     def __init__(self, *, size: int = 500, max_idle_s: float = 0.02, deps_: Deps | None = None,
-                 backend: Any = None):
+                 backend: Any = None, progress: Callable[[], None] = lambda: None):
         self.size, self.max_idle_s = size, max_idle_s
+        self.progress = progress  # called as the loop goes round and as a batch retries (workers.batch_pool)
         self.deps = deps_ or deps()
         self.redis = redis.Redis.from_url(self.deps.settings.broker_url)
         self.take_script = self.redis.register_script(_TAKE)
@@ -131,6 +132,7 @@ class BatchWorker:
         log.info("batch worker consuming %s, up to %d messages a batch", QUEUE, self.size)
         idle, lost = 0.0, 0
         while not self.stopping:
+            self.progress()
             self._sweep()
             try:
                 taken = self.take()
@@ -247,6 +249,7 @@ class BatchWorker:
 
     def _renew(self, held: list[Taken]) -> None:
         """Still working on these: keep the visibility sweep from handing them out again."""
+        self.progress()
         if held:
             self.redis.zadd(UNACKED_INDEX, {t.tag: time.time() for t in held})
 

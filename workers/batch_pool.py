@@ -10,6 +10,10 @@ spawned — it inherits none of the parent's connections — and the parent only
   exits, then the parent;
 * a process that exits on its own (killed, out of memory, a loop that failed): logged and replaced
   after a second; the messages it held come back through the visibility sweep;
+* a process stuck — no turn of its loop and no retry for longer than the time limit that
+  `matomete worker` puts on a task (⅔ of the visibility timeout; workers/app.py): SIGKILLed, so
+  its database connection goes and with it its transaction and line locks, and replaced; what it
+  held comes back through the visibility sweep, as a task past its hard time limit does;
 * the parent killed outright: the kernel kills its processes too (parent-death signal), so none
   decides on unwatched, and what they held comes back when the worker is started again.
 
@@ -38,11 +42,16 @@ RESTART_PAUSE_S = 1.0
 
 def run(size: int, concurrency: int, loglevel: str) -> None:
     """Keep ``concurrency`` batch processes running until SIGTERM or SIGINT."""
+    from workers.app import TIMINGS
+
     spawn = multiprocessing.get_context("spawn")
     stopping = False
+    # when each process last made progress (time.monotonic(): one clock for all processes on Linux)
+    progress = [spawn.Value("d", time.monotonic(), lock=False) for _ in range(concurrency)]
 
     def start(n: int) -> Any:
-        proc = spawn.Process(target=_decide, args=(size, loglevel, os.getpid()), name=f"batch-{n}")
+        progress[n].value = time.monotonic()
+        proc = spawn.Process(target=_decide, args=(size, loglevel, os.getpid(), progress[n]), name=f"batch-{n}")
         proc.start()
         return proc
 
@@ -57,6 +66,12 @@ def run(size: int, concurrency: int, loglevel: str) -> None:
     while not stopping:
         wait([p.sentinel for p in procs], timeout=1.0)
         for n, proc in enumerate(procs):
+            stuck = time.monotonic() - progress[n].value
+            if proc.exitcode is None and stuck > TIMINGS.time_limit:
+                log.error("batch process %s made no progress for %.0fs (the time limit is %ss); killing it",
+                          proc.pid, stuck, TIMINGS.time_limit)
+                proc.kill()
+                proc.join()
             if proc.exitcode is not None and not stopping:
                 log.warning("batch process %s exited with %s; starting another", proc.pid, proc.exitcode)
                 _forget(proc.pid)
@@ -69,7 +84,7 @@ def run(size: int, concurrency: int, loglevel: str) -> None:
         proc.join()
 
 
-def _decide(size: int, loglevel: str, parent: int) -> None:
+def _decide(size: int, loglevel: str, parent: int, progress: Any) -> None:
     """One batch process: dies with its parent, logs as it does, decides until told to stop."""
     set_pdeathsig(signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the line above
@@ -80,7 +95,7 @@ def _decide(size: int, loglevel: str, parent: int) -> None:
     logging.basicConfig(level=loglevel)
     json_logs.use_json(logging.getLogger())
     try:
-        BatchWorker(size=size).run()
+        BatchWorker(size=size, progress=lambda: setattr(progress, "value", time.monotonic())).run()
     except Exception:  # what the loop does not ride out (a bug): the parent starts another
         log.exception("batch process failed")
         raise SystemExit(1) from None

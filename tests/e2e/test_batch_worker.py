@@ -1,8 +1,8 @@
 """The provider path again, decided by `matomete batch-worker` (micro-batches) instead of a task
 per message: the same contract — the decision as the task's result, on `provider-results`, the
 charges on `billing-records`, the CLI's views — from a bare Celery client and from a raw LPUSH.
-Then its processes: one killed is replaced; killed with their parent, what they held is decided once
-after it comes back; SIGTERM stops them all. Nothing here imports matomete."""
+Then its processes: one killed is replaced, and so is one stuck past the time limit; killed with
+their parent, what they held is decided once after it comes back; SIGTERM stops them all. Nothing here imports matomete."""
 
 from __future__ import annotations
 
@@ -95,6 +95,25 @@ def test_a_batch_process_that_is_killed_is_replaced_and_the_worker_decides_on(sy
     result = system.client.send_task("matomete.purchase", args=[message], queue="provider-events")
     assert result.get(timeout=30)["status"] == "accepted"
     assert "exited with -9; starting another" in system.logs["batch-worker"].read_text()
+
+
+def test_a_batch_process_stuck_past_the_time_limit_is_killed_and_replaced(system):
+    # given: the batch worker's two processes, and the time limit of a task (⅔ of the visibility
+    # timeout: 8 s here)
+    parent = system.processes["batch-worker"].pid
+    before = wait_until(lambda: len(deciding(parent)) == 2 and deciding(parent), timeout=30,
+                        message="two batch processes")
+    # when: one stops making progress (frozen, as if stuck in a call that never returns)
+    os.kill(before[0], signal.SIGSTOP)
+    # then: the parent kills it after the time limit and starts another, and purchases are decided
+    wait_until(lambda: not alive(before[0]), timeout=VISIBILITY_TIMEOUT_S * 2 // 3 + 10,
+               message="the stuck process to be killed")
+    wait_until(lambda: len(set(deciding(parent)) - {before[0]}) == 2, timeout=30,
+               message="a new batch process in place of the stuck one")
+    message = purchase_message(system, provider_id="PB", passport_id=KILL_PASSPORT, content_id="coin")
+    result = system.client.send_task("matomete.purchase", args=[message], queue="provider-events")
+    assert result.get(timeout=30)["status"] == "accepted"
+    assert f"batch process {before[0]} made no progress" in system.logs["batch-worker"].read_text()
 
 
 def test_sigterm_stops_a_batch_worker_and_all_its_processes(system):

@@ -90,8 +90,11 @@ def test_a_transient_database_error_keeps_the_batch_and_retries_it(setup, monkey
 
     monkeypatch.setattr(batch, "decide_batch", flaky)
     monkeypatch.setattr("workers.batch.time.sleep", lambda _s: None)
+    progress = []  # a retry is progress: the parent does not take the process for stuck (batch_pool)
+    worker.progress = lambda: progress.append(len(calls))
     worker.process(worker.take())
     assert calls == [3, 3]  # held, unacknowledged, through the retry
+    assert progress == [1]
     assert [res.get(timeout=5)["status"] for res in results] == ["accepted"] * 3
     assert charged(worker) == 3 and r.hlen("unacked") == 0
 
