@@ -23,6 +23,8 @@ import functools
 import os
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 
 def _slow_relay(path: str) -> None:
@@ -45,40 +47,36 @@ def _slow_relay(path: str) -> None:
     relay.KombuPublisher.publish_many = announced_each
 
 
-def _poison() -> None:
+def _before_each_purchase(fault: Callable[[Any], None]) -> None:
+    """Run ``fault(msg)`` ahead of the real handler of every purchase."""
     from matomete_core.service import bus
 
     handler = bus.HANDLERS["matomete.purchase"]
 
     @functools.wraps(handler)
-    def poisoned(conn, msg, body, now, **kw):  # noqa: ANN001, ANN003, ANN202
-        if msg.order_id.startswith("poison"):
-            raise RuntimeError("injected: this message crashes its handler every time")
+    def faulty(conn, msg, body, now, **kw):  # noqa: ANN001, ANN003, ANN202
+        fault(msg)
         return handler(conn, msg, body, now, **kw)
 
-    bus.HANDLERS["matomete.purchase"] = poisoned
+    bus.HANDLERS["matomete.purchase"] = faulty
+
+
+def _poison() -> None:
+    def poison(msg: Any) -> None:
+        if msg.order_id.startswith("poison"):
+            raise RuntimeError("injected: this message crashes its handler every time")
+    _before_each_purchase(poison)
 
 
 def _slow(seconds: float) -> None:
-    from matomete_core.service import bus
-
-    handler = bus.HANDLERS["matomete.purchase"]
-
-    @functools.wraps(handler)
-    def slow(conn, msg, body, now, **kw):  # noqa: ANN001, ANN003, ANN202
+    def slow(msg: Any) -> None:
         if msg.order_id.startswith("slow"):
             time.sleep(seconds)
-        return handler(conn, msg, body, now, **kw)
-
-    bus.HANDLERS["matomete.purchase"] = slow
+    _before_each_purchase(slow)
 
 
 def _hang(path: str) -> None:
     from celery.exceptions import SoftTimeLimitExceeded
-
-    from matomete_core.service import bus
-
-    handler = bus.HANDLERS["matomete.purchase"]
 
     def hung() -> None:
         while True:
@@ -87,8 +85,7 @@ def _hang(path: str) -> None:
             except SoftTimeLimitExceeded:
                 pass
 
-    @functools.wraps(handler)
-    def hanging(conn, msg, body, now, **kw):  # noqa: ANN001, ANN003, ANN202
+    def hang(msg: Any) -> None:
         if msg.order_id.startswith("hang-always"):
             hung()
         if msg.order_id.startswith("hang-once"):
@@ -97,9 +94,7 @@ def _hang(path: str) -> None:
                 with open(path, "a", encoding="utf-8") as out:
                     out.write(msg.message_id + "\n")
                 hung()
-        return handler(conn, msg, body, now, **kw)
-
-    bus.HANDLERS["matomete.purchase"] = hanging
+    _before_each_purchase(hang)
 
 
 def main() -> None:
