@@ -9,7 +9,9 @@ one pipeline to store their results, one to acknowledge them:
 * take: a Lua script pops the messages and, in the same atomic step, records each one in kombu's
   ``unacked`` hash and ``unacked_index`` exactly as kombu does for a consumer — so if this process
   dies, any worker's visibility sweep (kombu's ``restore_visible``, which this loop runs too) puts
-  them back on the queue after the visibility timeout;
+  them back on the queue after the visibility timeout. A body with no delivery tag (no Celery client
+  sends one) cannot be restored that way: the same step moves it to a held list, which it leaves
+  only once quarantined — by this process, or by any process's next sweep if this one dies first;
 * decide (service.batch.decide_batch), commit;
 * store every result, then acknowledge every message. Killed in between: the messages come back
   and replay from the inbox;
@@ -21,7 +23,8 @@ unacknowledged, their visibility renewed). A lost Redis connection is waited out
 batch in hand, if its results or acks could not be stored, comes back by the sweep and replays. A
 message that comes back redelivered is decided on its own and acknowledged at once; one whose
 worker died with it MAX_DELIVERIES times is quarantined (workers.tasks has the same rule for
-`matomete worker`).
+`matomete worker`). If deciding or quarantining such a message fails, it stays unacknowledged (or
+held) for the sweep, and the loop goes on.
 """
 
 from __future__ import annotations
@@ -52,28 +55,38 @@ log = logging.getLogger(__name__)
 
 QUEUE = "provider-events"
 UNACKED, UNACKED_INDEX = "unacked", "unacked_index"  # kombu's Redis transport keys (its defaults)
+HELD = "matomete:batch:held"  # bodies taken with no delivery tag, until they are quarantined
 
-# KEYS: queue, unacked, unacked_index; ARGV: how many, now. Pops like kombu's BRPOP (oldest first)
-# and records each message as kombu's QoS.append does: [payload, exchange, routing_key] by tag.
+# KEYS: queue, unacked, unacked_index, held; ARGV: how many, now. Pops like kombu's BRPOP (oldest
+# first) and records each message as kombu's QoS.append does: [payload, exchange, routing_key] by
+# tag. A body with no string delivery tag has nothing to be acknowledged or restored by: it goes to
+# the held list instead, in the same atomic step, until it is quarantined. Returns raw, tag pairs
+# (tag '' for a held body), so that the worker acknowledges exactly what was recorded.
 _TAKE = """
 local out = {}
 for i = 1, tonumber(ARGV[1]) do
   local raw = redis.call('RPOP', KEYS[1])
   if not raw then break end
   local ok, m = pcall(cjson.decode, raw)
-  if ok and type(m) == 'table' and type(m['properties']) == 'table'
-     and m['properties']['delivery_tag'] then
-    local tag = m['properties']['delivery_tag']
-    local di = m['properties']['delivery_info'] or {}
+  local props = ok and type(m) == 'table' and m['properties']
+  local tag = type(props) == 'table' and props['delivery_tag']
+  if type(tag) == 'string' and tag ~= '' then
+    local di = props['delivery_info']
+    if type(di) ~= 'table' then di = {} end
+    local exchange, key = di['exchange'], di['routing_key']
+    if type(exchange) ~= 'string' then exchange = '' end
+    if type(key) ~= 'string' then key = KEYS[1] end
     redis.call('ZADD', KEYS[3], ARGV[2], tag)
-    redis.call('HSET', KEYS[2], tag, '[' .. raw .. ',' .. cjson.encode(di['exchange'] or '') .. ','
-               .. cjson.encode(di['routing_key'] or KEYS[1]) .. ']')
+    redis.call('HSET', KEYS[2], tag, '[' .. raw .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(key) .. ']')
+  else
+    tag = ''
+    redis.call('RPUSH', KEYS[4], raw)
   end
   table.insert(out, raw)
+  table.insert(out, tag)
 end
 return out
 """
-
 
 @dataclass
 class Taken:
@@ -89,13 +102,19 @@ class Taken:
     problem: str | None = None  # why it is not a task message we can decide
 
 
-def decode(raw: bytes) -> Taken:
-    """A kombu message carrying a Celery protocol-2 task, JSON-serialized."""
-    taken = Taken(raw)
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def decode(raw: bytes, tag: str | None) -> Taken:
+    """A kombu message carrying a Celery protocol-2 task, JSON-serialized; ``tag`` is the delivery
+    tag it was recorded by when taken (None: it was held, see _TAKE)."""
+    taken = Taken(raw, tag)
     try:
         payload = json.loads(raw)
         props, headers = payload["properties"], payload["headers"]
-        taken.tag, taken.task_id, taken.task = props.get("delivery_tag"), headers.get("id"), headers.get("task") or ""
+        task_id, task = headers.get("id"), headers.get("task")
+        taken.task_id, taken.task = _text(task_id) or None, _text(task)
         taken.redelivered = bool(headers.get("redelivered") or (props.get("delivery_info") or {}).get("redelivered"))
         if payload.get("content-type") != "application/json":
             taken.problem = f"content type {payload.get('content-type')!r}: JSON messages only"
@@ -105,8 +124,10 @@ def decode(raw: bytes) -> Taken:
             body = base64.b64decode(body)
         args, kwargs, _embed = json.loads(body)
         taken.args, taken.kwargs = list(args), dict(kwargs)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         taken.problem = taken.problem or f"not a Celery protocol 2 task message: {type(exc).__name__}"
+    if tag is None and taken.problem is None:
+        taken.problem = "no delivery tag: not a message a Celery client sends"
     return taken
 
 
@@ -158,8 +179,8 @@ class BatchWorker:
         self.stopping = True  # finish the batch in hand, then return
 
     def take(self) -> list[Taken]:
-        raws = self.take_script(keys=[QUEUE, UNACKED, UNACKED_INDEX], args=[self.size, time.time()])
-        return [decode(raw) for raw in raws]
+        out = self.take_script(keys=[QUEUE, UNACKED, UNACKED_INDEX, HELD], args=[self.size, time.time()])
+        return [decode(raw, tag.decode() or None) for raw, tag in zip(out[::2], out[1::2])]
 
     def process(self, taken: list[Taken]) -> None:
         """Decide, store the results, acknowledge; a transient error keeps the batch and retries."""
@@ -190,9 +211,9 @@ class BatchWorker:
         self._publish(committed)  # after the results: the senders wait for those, the relay covers these
         for t in taken:  # the undecodable, and the redelivered: one at a time, acknowledged at once
             if t.problem is not None:
-                self.finish([(t, self._quarantine(t, Quarantine.INVALID_MESSAGE, t.problem))])
+                self._set_aside(t)
             elif t.redelivered:
-                self.finish([(t, self._decide_redelivered(t))])
+                self._one_by_one(t, self._decide_redelivered)
 
     def finish(self, done: list[tuple[Taken, dict]]) -> None:
         """Store each result (as Celery's Redis backend does), then acknowledge each message."""
@@ -237,10 +258,28 @@ class BatchWorker:
                 self._renew([t] if t.tag else [])
                 time.sleep(min(TIMINGS.max_retry_backoff, 2 ** min(attempt, 5)))
 
-    def _quarantine(self, t: Taken, reason: Quarantine, detail: str) -> dict:
-        body = t.raw.decode("utf-8", "replace")
-        return quarantine_message(self.deps.engine, task=t.task or "unknown", reason=reason, detail=detail,
-                                  body=body, now=_now()).model_dump(mode="json")
+    def _one_by_one(self, t: Taken, decide: Callable[[Taken], dict]) -> None:
+        """Decide ``t`` and acknowledge it. If that fails (the database went away as it was
+        quarantined), ``t`` stays where it is — unacknowledged, or held — for the sweep to bring
+        back, and the loop goes on."""
+        try:
+            self.finish([(t, decide(t))])
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except Exception:  # noqa: BLE001 — nothing is lost: see above
+            log.warning("could not decide a message one by one; the sweep brings it back", exc_info=True)
+            return
+        if t.tag is None:
+            self.redis.lrem(HELD, 1, t.raw)
+
+    def _set_aside(self, t: Taken) -> None:
+        """Quarantine a body that is no task message we can decide."""
+        def quarantined(t: Taken) -> dict:
+            return quarantine_message(self.deps.engine, task=t.task or "unknown", reason=Quarantine.INVALID_MESSAGE,
+                                      detail=t.problem or "", body=t.raw.decode("utf-8", "replace"),
+                                      now=_now()).model_dump(mode="json")
+
+        self._one_by_one(t, quarantined)
 
     # ---- plumbing --------------------------------------------------------------------------------
 
@@ -260,6 +299,8 @@ class BatchWorker:
         self._sweep_at = time.monotonic() + TIMINGS.restore_interval
         try:
             self._kombu.default_channel.qos.restore_visible(num=100, interval=1)
+            for raw in self.redis.lrange(HELD, 0, 99):  # held by a process that died before quarantining them
+                self._set_aside(decode(raw, None))
         except Exception:  # noqa: BLE001 — the next sweep tries again
             log.warning("visibility sweep failed", exc_info=True)
 

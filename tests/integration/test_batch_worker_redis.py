@@ -1,7 +1,8 @@
 """`matomete batch-worker`'s plumbing on the real Redis and PostgreSQL (workers.batch): messages it
 takes are held as kombu holds them, answered as Celery answers, acknowledged only after; a
-transient database error keeps the batch; a body that is no task is quarantined; a message its
-worker died with MAX_DELIVERIES times is quarantined."""
+transient database error keeps the batch; a body that is no task is quarantined, and one with no
+delivery tag is held in Redis until it is, whoever quarantines it; a message its worker died with
+MAX_DELIVERIES times is quarantined; a message that cannot be quarantined yet stays for the sweep."""
 
 from __future__ import annotations
 
@@ -126,17 +127,81 @@ def test_outbound_messages_follow_the_results_even_of_a_run_committed_before_a_r
     assert charged(worker) == 3
 
 
+def quarantined(worker) -> list[str]:  # noqa: ANN001
+    with worker.deps.engine.connect() as conn:
+        return list(conn.execute(select(quarantine.c.reason).order_by(quarantine.c.id)).scalars())
+
+
+def database_down(*_a, **_k):  # noqa: ANN002, ANN003, ANN201
+    raise OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly"))
+
+
+UNDECODABLE = {"body": "W10=", "headers": {"id": "x", "task": "matomete.purchase"},
+               "content-type": "application/x-python-serialize",
+               "properties": {"delivery_tag": "t-2", "body_encoding": "base64"}}
+
+
 def test_a_body_that_is_no_task_message_is_quarantined_and_acknowledged(setup):
     worker, _client, r = setup
     r.lpush("provider-events", b"\xff not json")
     r.lpush("provider-events", json.dumps({"body": "W10=", "headers": {"id": "x", "task": "matomete.purchase"},
                                            "content-type": "application/x-python-serialize",
                                            "properties": {"delivery_tag": "t-1", "body_encoding": "base64"}}))
+    r.lpush("provider-events", json.dumps({"properties": {"delivery_tag": "t-3"}}))  # tagged, but no headers
     worker.process(worker.take())
-    with worker.deps.engine.connect() as conn:
-        reasons = list(conn.execute(select(quarantine.c.reason)).scalars())
-    assert reasons == ["INVALID_MESSAGE", "INVALID_MESSAGE"]
+    assert quarantined(worker) == ["INVALID_MESSAGE"] * 3
     assert r.hlen("unacked") == 0 and r.llen("provider-events") == 0
+
+
+def test_a_body_with_no_delivery_tag_is_held_until_quarantined_even_if_its_process_dies(setup):
+    from workers.batch import HELD, BatchWorker
+
+    worker, _client, r = setup
+    bodies = [b"\xff not json", json.dumps({"properties": {}, "headers": {"task": "matomete.purchase"}}).encode(),
+              json.dumps({"properties": {"delivery_tag": {"not": "a string"}}, "headers": {"task": [1]}}).encode()]
+    for body in bodies:
+        r.lpush("provider-events", body)
+    taken = worker.take()  # ... and this process dies before it quarantines them
+    assert [t.tag for t in taken] == [None] * 3 and r.llen("provider-events") == 0 and r.hlen("unacked") == 0
+    assert sorted(r.lrange(HELD, 0, -1)) == sorted(bodies)
+
+    BatchWorker(size=50, deps_=worker.deps, backend=worker.backend)._sweep()  # any process's next sweep
+
+    assert quarantined(worker) == ["INVALID_MESSAGE"] * 3 and r.llen(HELD) == 0
+
+
+def test_a_message_that_cannot_be_quarantined_yet_stays_for_the_sweep_and_the_loop_goes_on(setup, monkeypatch):
+    import workers.batch
+    from workers.batch import HELD
+
+    worker, _client, r = setup
+    r.lpush("provider-events", json.dumps(UNDECODABLE))
+    r.lpush("provider-events", b"\xff no tag")
+    real = workers.batch.quarantine_message
+    monkeypatch.setattr(workers.batch, "quarantine_message", database_down)
+    worker.process(worker.take())  # the database is away: nothing raised, nothing lost
+    assert quarantined(worker) == [] and r.hlen("unacked") == 1 and r.llen(HELD) == 1
+
+    monkeypatch.setattr(workers.batch, "quarantine_message", real)  # it is back
+    worker._sweep()  # the held body
+    worker._kombu.default_channel.qos.restore_by_tag("t-2")  # the unacknowledged one, after the timeout
+    worker.process(worker.take())
+    assert quarantined(worker) == ["INVALID_MESSAGE"] * 2
+    assert r.hlen("unacked") == 0 and r.llen(HELD) == 0 and r.llen("provider-events") == 0
+
+
+def test_a_redelivered_message_whose_quarantine_fails_stays_unacknowledged(setup, monkeypatch):
+    from matomete_core.service import bus
+    from workers.tasks import MAX_DELIVERIES
+
+    worker, client, r = setup
+    send(client, [purchase(2)])
+    [taken] = worker.take()
+    taken.redelivered = True  # as after a sweep, its worker having died with it each time before
+    r.set(f"matomete:deliveries:{taken.task_id}", MAX_DELIVERIES)
+    monkeypatch.setattr(bus, "quarantine_failure", database_down)
+    worker.process([taken])
+    assert r.hlen("unacked") == 1 and charged(worker) == 0 and quarantined(worker) == []
 
 
 class Died(BaseException):
