@@ -13,13 +13,16 @@
    the sender's speed nor the workers' start-up counts;
 3. latency: purchases offered at half the measured decision rate (or ``--offered-rate P``) while the
    sender runs beside the workers; send-to-decision time from the sender's clock to the result's
-   ``date_done``.
+   ``date_done``. The sender's Celery client builds every message beforehand (see ``send``), so
+   that while the workers are timed it only pushes them onto the queue.
 
 ``--preload R`` first fills the tables with R decided purchases of an earlier month (charges, inbox,
 outbox rows too), to show the cost of a decision as the tables grow.
 
 Prints a table and a final JSON line: ``baseline_per_s, decisions_per_s, ratio, p50_ms, p95_ms,
-p99_ms``, and ``sent_per_s``, the rate the sender kept up during the latency run. A script, not a
+p99_ms``, and ``sent_per_s``, the rate the sender kept up during the latency run. On Linux it also
+says where the time goes: ``baseline_cpu_ms`` and ``decision_cpu_ms``, the CPU a message cost over
+each drain (user + system, from /proc) in the workers, PostgreSQL and Redis. A script, not a
 test: compare ratios measured in one run, not seconds across runs.
 """
 
@@ -37,10 +40,12 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from typing import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 SECRET = "bench-secret-PA"
+QUEUE, STAGED = "provider-events", "bench-staged:"
 
 
 # ---- the sender: a separate process, a bare Celery client, no project imports ----------------------
@@ -51,19 +56,20 @@ def _sign(message: dict) -> str:
 
 
 def send(broker: str, kind: str, n: int, offset: int, rate: float, out: str, passports: int) -> None:
+    """Send ``n`` messages, ``rate`` a second (0: at once). A bare Celery client builds and publishes
+    each one first, to a staged copy of the queue (kombu's ``global_keyprefix``: byte for byte what
+    it would have put on ``provider-events``); then, on schedule, each is moved onto
+    ``provider-events`` with one LPUSH, and that is its send time. So the half a millisecond and more
+    of CPU Celery takes to build a message is not spent beside the workers while they are timed."""
+    import redis
     from celery import Celery
 
     client = Celery(broker=broker, backend=broker)
-    client.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    client.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json",
+                       broker_transport_options={"global_keyprefix": STAGED})
     at = (datetime.now(timezone(timedelta(hours=9))) - timedelta(seconds=30)).isoformat(timespec="seconds")
-    sent = []
-    started = time.perf_counter()
     with client.producer_or_acquire() as producer:
         for i in range(offset, offset + n):
-            if rate:
-                delay = started + (i - offset) / rate - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
             if kind == "noop":
                 args, name = [{"n": i}], "matomete.noop"
             else:
@@ -72,10 +78,22 @@ def send(broker: str, kind: str, n: int, offset: int, rate: float, out: str, pas
                 msg["signature"] = _sign(msg)
                 args, name = [msg], "matomete.purchase"
             # argsrepr: what the task's headers show of its arguments (Celery's default is a repr of
-            # them all, signature included); the sender's CPU is this machine's too
-            result = client.send_task(name, args=args, queue="provider-events", producer=producer,
-                                      argsrepr=f"[{name} {i}]")
-            sent.append((result.id, time.time()))
+            # them all, signature included)
+            client.send_task(name, args=args, queue=QUEUE, producer=producer, argsrepr=f"[{name} {i}]")
+    r = redis.Redis.from_url(broker)
+    raws = r.lrange(STAGED + QUEUE, 0, -1)[::-1]  # pushed on the left: the first sent is last
+    r.delete(STAGED + QUEUE)
+    ids = [json.loads(raw)["headers"]["id"] for raw in raws]
+    sent: list[tuple[str, float]] = []
+    started = time.perf_counter()
+    for k in range(0, len(raws), 1 if rate else 1000):
+        if rate:
+            delay = started + k / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        part = raws[k:k + (1 if rate else 1000)]
+        r.lpush(QUEUE, *part)  # in order: the first of them is popped first
+        sent.extend((task_id, time.time()) for task_id in ids[k:k + len(part)])
     Path(out).write_text(json.dumps(sent))
 
 
@@ -91,8 +109,10 @@ def _sender(env: dict, kind: str, n: int, offset: int, rate: float, passports: i
     return sent
 
 
-def _done_times(redis_url: str, ids: list[str], timeout: float) -> list[float]:
-    """Wait until every task has a result; return each result's date_done (epoch seconds)."""
+def _done_times(redis_url: str, ids: list[str], timeout: float,
+                on_first: Callable[[], None] = lambda: None) -> list[float]:
+    """Wait until every task has a result; return each result's date_done (epoch seconds).
+    ``on_first`` is called as the first result is seen."""
     import redis
 
     r = redis.Redis.from_url(redis_url)
@@ -103,7 +123,7 @@ def _done_times(redis_url: str, ids: list[str], timeout: float) -> list[float]:
         # results come about in the order sent: ask only about the oldest few hundred still
         # pending, so that this poll takes little of the CPU that the workers measured need
         part, rest = pending[:500], pending[500:]
-        still = []
+        still, first = [], not done
         for tid, raw in zip(part, r.mget([f"celery-task-meta-{t}" for t in part])):
             if raw is None:
                 still.append(tid)
@@ -111,6 +131,8 @@ def _done_times(redis_url: str, ids: list[str], timeout: float) -> list[float]:
                 meta = json.loads(raw)
                 done[tid] = datetime.fromisoformat(meta["date_done"]).replace(tzinfo=timezone.utc).timestamp() \
                     if "+" not in meta["date_done"] else datetime.fromisoformat(meta["date_done"]).timestamp()
+        if first and done:
+            on_first()
         pending = still + rest
         if still:
             time.sleep(0.1)
@@ -119,14 +141,60 @@ def _done_times(redis_url: str, ids: list[str], timeout: float) -> list[float]:
     return [done[t] for t in ids]
 
 
-def _drain(env: dict, redis_url: str, kind: str, n: int, offset: int, passports: int, workers) -> float:  # noqa: ANN001
-    """Messages per second the workers drain: the queue is filled first (so the sender's own
-    speed does not count), the workers are started, and the rate is taken from the first result
-    to the last (so their start-up does not count either)."""
+def _drain(env: dict, redis_url: str, kind: str, n: int, offset: int, passports: int, workers,  # noqa: ANN001
+           servers: dict[str, list[int]]) -> tuple[float, dict[str, float]]:
+    """Messages per second the workers drain, and the CPU milliseconds a message cost in the
+    workers and in ``servers``: the queue is filled first (so the sender's own speed does not
+    count), the workers are started, and both are taken from the first result to the last (so
+    their start-up does not count either)."""
     sent = _sender(env, kind, n, offset, 0, passports)
-    with workers:
-        finished = _done_times(redis_url, [t for t, _ in sent], timeout=max(120, n / 50))
-    return (n - 1) / (max(finished) - min(finished))
+    with workers as procs:
+        def groups() -> dict[str, list[int]]:
+            return {"workers": [p.pid for p in procs], **servers}
+
+        at_first: dict[str, float] = {}
+        finished = _done_times(redis_url, [t for t, _ in sent], timeout=max(120, n / 50),
+                               on_first=lambda: at_first.update(_cpu_seconds(groups())))
+        at_last = _cpu_seconds(groups())
+    cpu = {k: round((at_last[k] - at_first[k]) / (n - 1) * 1000, 3) for k in at_last if k in at_first}
+    return (n - 1) / (max(finished) - min(finished)), cpu
+
+
+def _cpu_seconds(groups: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds used so far (user + system, with those of exited children) by each group of
+    process trees, read from /proc; {} where there is none (Linux only)."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    procs: dict[int, tuple[int, float]] = {}  # pid: (parent, seconds)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # exited meanwhile: its time is its parent's now
+            continue
+        fields = text[text.rindex(")") + 2:].split()  # from the state on (proc(5) field 3)
+        procs[int(stat.parent.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]) / tick)
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in procs.items():
+        children.setdefault(parent, []).append(pid)
+
+    def tree(pid: int) -> float:
+        return procs.get(pid, (0, 0.0))[1] + sum(tree(c) for c in children.get(pid, []))
+
+    return {name: sum(tree(pid) for pid in roots) for name, roots in groups.items()} if procs else {}
+
+
+def _servers(pg_url: str, redis_url: str) -> dict[str, list[int]]:
+    """The process trees of the PostgreSQL (its postmaster) and the Redis the benchmark uses."""
+    import psycopg
+    import redis
+
+    with psycopg.connect(pg_url.replace("postgresql+psycopg", "postgresql")) as conn:
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    try:
+        postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:  # not on this host, or no /proc
+        postmaster = None
+    servers = {"redis": [int(redis.Redis.from_url(redis_url).info("server")["process_id"])]}
+    return {**servers, "postgres": [postmaster]} if postmaster else servers
 
 
 def _preload(conn, rows: int, lines: int, passports: int) -> None:  # noqa: ANN001
@@ -274,15 +342,20 @@ def main() -> None:
     logs = tempfile.mkdtemp(prefix="bench-decisions-")
     try:
         _setup(pg_url, n, env, args.preload)
-        baseline = _drain(env, args.redis, "noop", n, 0, passports,
-                          _workers(env, logs, "task", args.workers,
-                                   args.concurrency if args.mode == "task" else None, args.size))
-        decisions = _drain(env, args.redis, "purchase", n, 0, passports,
-                           _workers(env, logs, args.mode, args.workers, args.concurrency, args.size))
+        servers = _servers(pg_url, args.redis)
+        baseline, baseline_cpu = _drain(env, args.redis, "noop", n, 0, passports,
+                                        _workers(env, logs, "task", args.workers,
+                                                 args.concurrency if args.mode == "task" else None, args.size),
+                                        servers)
+        decisions, decision_cpu = _drain(env, args.redis, "purchase", n, 0, passports,
+                                         _workers(env, logs, args.mode, args.workers, args.concurrency, args.size),
+                                         servers)
         with _workers(env, logs, args.mode, args.workers, args.concurrency, args.size):
-            warm = _sender(env, "purchase", 20, 10**8, 0, passports)  # the workers are up and connected
-            _done_times(args.redis, [t for t, _ in warm], timeout=120)
             offered = args.offered_rate or decisions / 2
+            # two seconds at the offered rate first: the latency is that of workers in their stride
+            # (connected, their statements prepared), not of their first batches
+            warm = _sender(env, "purchase", max(20, int(offered * 2)), 10**8, offered, passports)
+            _done_times(args.redis, [t for t, _ in warm], timeout=120)
             m = max(200, min(n // 2, int(offered * 20)))
             sent = _sender(env, "purchase", m, n, offered, passports)
             # the rate the sender kept up: its own CPU is this machine's, and it may fall short
@@ -301,17 +374,24 @@ def main() -> None:
               "ratio": round(decisions / baseline, 3), "offered_per_s": round(offered),
               "sent_per_s": round(achieved), "latency_messages": m,
               "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "mean_ms": round(statistics.mean(latencies), 1),
-              "decided": decided, "charges": charged}
+              "decided": decided, "charges": charged,
+              "baseline_cpu_ms": baseline_cpu, "decision_cpu_ms": decision_cpu}
     print(f"{'':<34}{'per s':>10}", file=sys.stderr)
     print(f"{'no-op task (Celery ceiling)':<34}{report['baseline_per_s']:>10}", file=sys.stderr)
     print(f"{'purchase decisions':<34}{report['decisions_per_s']:>10}", file=sys.stderr)
+    if baseline_cpu and decision_cpu:
+        print(f"CPU ms a message{'':<18}" + "".join(f"{k:>10}" for k in decision_cpu) + f"{'total':>10}",
+              file=sys.stderr)
+        for label, cpu in (("no-op task", baseline_cpu), ("purchase decision", decision_cpu)):
+            print(f"{label:<34}" + "".join(f"{cpu.get(k, 0):>10.3f}" for k in decision_cpu)
+                  + f"{sum(cpu.values()):>10.3f}", file=sys.stderr)
     if achieved < 0.9 * offered:
         print(f"the sender kept up {round(achieved)}/s of the {round(offered)}/s offered: on this machine its "
               "own CPU competes with the workers', and the latency is that of a saturated machine",
               file=sys.stderr)
     print(f"ratio {report['ratio']}; latency at {report['offered_per_s']}/s (sent at {report['sent_per_s']}/s): "
           f"p50 {report['p50_ms']} ms, "
-          f"p95 {report['p95_ms']} ms, p99 {report['p99_ms']} ms; decided {decided} (expected {n + m + 20}), "
+          f"p95 {report['p95_ms']} ms, p99 {report['p99_ms']} ms; decided {decided} (expected {n + m + len(warm)}), "
           f"charges {charged}; worker logs in {logs}", file=sys.stderr)
     print(json.dumps(report))
 
