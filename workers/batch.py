@@ -88,6 +88,7 @@ end
 return out
 """
 
+
 @dataclass
 class Taken:
     """One message as taken from the queue."""
