@@ -72,6 +72,7 @@ ROUTES = {
     "matomete.relay_outbox": HOUSEKEEPING_QUEUE,
     "matomete.expire_held_cancels": HOUSEKEEPING_QUEUE,
     "matomete.close_due_months": HOUSEKEEPING_QUEUE,
+    "matomete.prune_outbox": HOUSEKEEPING_QUEUE,
 }
 
 
@@ -107,6 +108,8 @@ def create_app(settings: Settings) -> Celery:
             # down catches up; the close lock keeps two beats from closing at once
             "close ended months": {"task": "matomete.close_due_months", "schedule": crontab(minute="*/10"),
                                    "options": {"expires": 600}},
+            "prune the published outbox": {"task": "matomete.prune_outbox", "schedule": crontab(hour=4, minute=30),
+                                           "options": {"expires": 3600}},
         },
     )
     return app

@@ -186,6 +186,13 @@ def expire_held_cancels() -> int:
     return count
 
 
+@app.task(name="matomete.prune_outbox", acks_late=False, time_limit=3600, soft_time_limit=3540)
+def prune_outbox() -> int:
+    """Beat, daily. Acknowledged on receipt, with a long limit: a first prune of a large outbox
+    may take a while, and one cut short has committed its chunks; the next day goes on."""
+    return housekeeping.prune_outbox(deps(), now=_now())
+
+
 # A close of a large month runs for minutes, far past the time limit of a message task (which must
 # stay under the visibility timeout only because those ack late). This one is acknowledged on
 # receipt, so a long limit is safe: a close cut short resumes at the next tick.

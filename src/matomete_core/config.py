@@ -46,6 +46,7 @@ class Settings:
     close_hour: int = 3
     hold: timedelta = timedelta(hours=24)
     visibility_timeout: int = 90
+    outbox_retention: timedelta = timedelta(days=7)  # published outbox rows are kept this long
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -63,6 +64,7 @@ class Settings:
                 _env("MATOMETE_REGISTRATION_CUTOFF", cls.registration_cutoff.isoformat())),
             close_hour=int(_env("MATOMETE_CLOSE_HOUR", str(cls.close_hour))),
             hold=timedelta(hours=float(_env("MATOMETE_HOLD_HOURS", "24"))),
+            outbox_retention=timedelta(days=float(_env("MATOMETE_OUTBOX_RETENTION_DAYS", "7"))),
             visibility_timeout=_visibility_timeout(_env("MATOMETE_VISIBILITY_TIMEOUT", str(cls.visibility_timeout))),
         )
 

@@ -1,7 +1,8 @@
 """The outbox: outbound messages written in the same transaction as the state they describe.
 
 A relay publishes them after commit, at least once; each carries an ``event_id`` for consumers
-to de-duplicate.
+to de-duplicate. Published rows are kept for a while (for an operator asking what went out, and
+when), then pruned.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel
-from sqlalchemy import Connection, exists, literal, select
+from sqlalchemy import Connection, Engine, delete, exists, literal, select
 
 from matomete_core.adapters.database import insert_rows
 from matomete_core.adapters.tables import charges, invoices, outbox, purchases
@@ -117,3 +118,17 @@ def _invoices(conn: Connection, month: str, cursor: str | None, limit: int):  # 
 
 
 _EXPANDERS = {RENEWAL_CHARGES: _renewal_charges, INVOICES: _invoices}
+
+
+def prune(engine: Engine, *, published_before: datetime, chunk: int = 5_000) -> int:
+    """Delete the rows published before ``published_before``, oldest first, ``chunk`` a transaction
+    (a long backlog never holds one long transaction or lock); returns how many. A row not
+    published yet stays, however old: the relay still owes it."""
+    oldest = select(outbox.c.id).where(outbox.c.published_at < published_before).order_by(outbox.c.id).limit(chunk)
+    total = 0
+    while True:
+        with engine.begin() as conn:
+            gone = conn.execute(delete(outbox).where(outbox.c.id.in_(oldest.scalar_subquery()))).rowcount
+        total += gone
+        if gone < chunk:
+            return total
