@@ -40,9 +40,9 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from typing import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Callable
 
 SECRET = "bench-secret-PA"
 QUEUE, STAGED = "provider-events", "bench-staged:"
