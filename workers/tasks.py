@@ -13,6 +13,7 @@ from functools import lru_cache, partial
 
 import redis
 from celery import Task
+from celery.signals import worker_process_shutdown
 
 from matomete_core.adapters.database import is_transient
 from matomete_core.adapters.relay import KombuPublisher, publish_written, relay
@@ -21,6 +22,7 @@ from matomete_core.service import bus, close, housekeeping
 from matomete_core.service.deps import Deps, bootstrap
 from workers import metrics
 from workers.app import TIMINGS, app
+from workers.outbound import Courier
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = TIMINGS.max_retry_backoff  # under the visibility timeout: see workers/app.py
@@ -53,12 +55,27 @@ def _relay_quietly(d: Deps) -> None:
 
 
 def publish_quietly(d: Deps, rows: list) -> None:
-    """Publish a decision's outbound messages right after its commit; what fails here stays in
-    the outbox for the beat relay."""
+    """Publish outbound rows a transaction committed (a courier's work, and the batch worker's);
+    what fails here stays in the outbox for the beat relay."""
     try:
         publish_written(d.engine, d.publisher, rows, now=_now())
     except Exception:  # noqa: BLE001 — the outbox keeps it; beat retries
         log.warning("publishing after commit failed; beat will relay", exc_info=True)
+
+
+@lru_cache(maxsize=1)
+def courier() -> Courier:
+    """This process's courier (workers.outbound), built on first use, like deps()."""
+    return Courier(partial(publish_quietly, deps()))
+
+
+@worker_process_shutdown.connect(weak=False)
+def close_courier(**_: object) -> None:
+    """Publish what the courier holds, and stop it: a pool process is shutting down. What it
+    cannot publish in time stays in the outbox for the beat relay."""
+    if courier.cache_info().currsize:
+        courier().close(timeout=5)
+        courier.cache_clear()
 
 
 @lru_cache(maxsize=1)
@@ -90,7 +107,7 @@ def decide(task: Task, args: tuple, kwargs: dict) -> dict:
     try:
         if deliveries(task) >= MAX_DELIVERIES:
             raise WorkerLostEachTime()
-        decision = bus.handle(d, task.name, args, kwargs, now=_now(), on_commit=partial(publish_quietly, d))
+        decision = bus.handle(d, task.name, args, kwargs, now=_now(), on_commit=courier().put)
     except WorkerLostEachTime as exc:
         decision = _quarantine(task, d, args, kwargs, exc, MAX_DELIVERIES)
     except Exception as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,9 @@ def deps(template_db: Path, tmp_path: Path) -> Deps:
     load_catalog(d.engine, d.secrets, tmp_path / "catalog.json")
     load_lines(d.engine, settings, tmp_path / "lines.json")
     yield d
+    tasks = sys.modules.get("workers.tasks")
+    if tasks is not None:  # a task run here may have handed rows to its process's courier
+        tasks.close_courier()
     d.engine.dispose()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from datetime import datetime
 from functools import lru_cache
 
@@ -24,22 +25,26 @@ log = logging.getLogger(__name__)
 
 
 class KombuPublisher:
-    """Publishes JSON bodies to durable queues through the default exchange."""
+    """Publishes JSON bodies to durable queues through the default exchange. One connection, used
+    by one thread at a time (a pool process's tasks and its courier, workers.outbound, share it)."""
 
     def __init__(self, broker_url: str):
         self._conn = KombuConnection(broker_url)
         self._declared: set[str] = set()
+        self._lock = threading.Lock()
 
     def publish(self, queue: str, body: str, event_id: str) -> None:
-        self._send(self._conn.Producer(serializer=None), queue, body, event_id, retry=True)
+        with self._lock:
+            self._send(self._conn.Producer(serializer=None), queue, body, event_id, retry=True)
 
     def publish_many(self, messages: list[tuple[str, str, str]]) -> None:
         """(queue, body, event_id) each, sent in one Redis pipeline (kombu's Producer.batch); if the
         flush fails none is known to be out, and the caller publishes them all again."""
-        producer = self._conn.Producer(serializer=None)
-        with producer.batch(max_size=max(1, len(messages))):
-            for queue, body, event_id in messages:
-                self._send(producer, queue, body, event_id, retry=False)
+        with self._lock:
+            producer = self._conn.Producer(serializer=None)
+            with producer.batch(max_size=max(1, len(messages))):
+                for queue, body, event_id in messages:
+                    self._send(producer, queue, body, event_id, retry=False)
 
     def _send(self, producer, queue: str, body: str, event_id: str, *, retry: bool) -> None:  # noqa: ANN001
         declare = [] if queue in self._declared else [Queue(queue, Exchange(""), routing_key=queue, durable=True)]
