@@ -10,6 +10,7 @@ the caller can retry them — they are never turned into a decision.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from datetime import datetime
@@ -47,8 +48,12 @@ HANDLERS: dict[str, Handler] = {
 
 def _injected(handler: Handler, deps: Deps) -> dict[str, Any]:
     """What a handler asks for by keyword beyond the message (``settings``), from ``deps``."""
-    wanted = inspect.signature(handler).parameters
-    return {name: getattr(deps, name) for name in ("settings",) if name in wanted}
+    return {name: getattr(deps, name) for name in _wanted(handler)}
+
+
+@functools.cache
+def _wanted(handler: Handler) -> tuple[str, ...]:  # read once per handler: it is on every decision
+    return tuple(name for name in ("settings",) if name in inspect.signature(handler).parameters)
 
 
 def _validation_detail(exc: ValidationError) -> str:
