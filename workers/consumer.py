@@ -14,13 +14,35 @@ failure to close a dead connection. The messages it could not restore are still 
 ``unacked`` hash, and the visibility sweep hands them out again. What Celery's handler would have
 done after the close is skipped: it lowers the prefetch count for tasks still running, so a
 reconnect after this error prefetches in full.
+
+It also keeps what Celery cannot run. Celery logs and drops a message whose body it cannot decode,
+one whose content type it refuses, one that is no task message (workers.requests), and one naming
+a task nobody registered. Here each is quarantined ``INVALID_MESSAGE`` (as the batch worker does,
+and as the bus does with a task message it cannot decide), its decision stored as the task's
+result when it has a task id, and then acknowledged. If the quarantine cannot be written (the
+database is away), Celery's own handling follows: logged, and dropped — such a message can be no
+decision, and holding it unacknowledged would hold one of the consumer's prefetch slots for good.
+A Redis list entry that is not even a kombu message (not JSON) is dropped by kombu before Celery
+sees it; the batch worker quarantines those too.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any
 
+from celery import states
 from celery.worker.consumer import Consumer as CeleryConsumer
+from sqlalchemy import Engine
+from sqlalchemy.pool import NullPool
+
+from matomete_core.adapters.database import make_engine
+from matomete_core.config import Settings
+from matomete_core.reasons import Quarantine
+from matomete_core.service.quarantine import quarantine_message
 
 __all__ = ["Consumer"]
 
@@ -34,3 +56,64 @@ class Consumer(CeleryConsumer):
         except AttributeError:
             log.warning("closing the lost broker connection failed inside kombu; reconnecting anyway",
                         exc_info=True)
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        if not self._set_aside(message, f"the body cannot be decoded: {type(exc).__name__}"):
+            super().on_decode_error(message, exc)
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        if not self._set_aside(message, "not a task message: no task header"):
+            super().on_unknown_message(body, message)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        if not self._set_aside(message, f"no such task: {_header(message, 'task')}"):
+            super().on_unknown_task(body, message, exc)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        if not self._set_aside(message, f"{type(exc).__name__}: {exc}"):
+            super().on_invalid_task(body, message, exc)
+
+    def _set_aside(self, message: Any, detail: str) -> bool:
+        if not set_aside(self.app.backend, _engine(), message, detail):
+            return False
+        message.ack_log_error(log, self.connection_errors)
+        return True
+
+
+@lru_cache(maxsize=1)
+def _engine() -> Engine:
+    """The main process's own engine, for these rare writes: with no pool, so no connection of it
+    is ever inherited by a pool process forked later."""
+    return make_engine(Settings.from_env().database_url, poolclass=NullPool)
+
+
+def _header(message: Any, name: str) -> str | None:
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    value = headers.get(name)
+    return value if isinstance(value, str) else None
+
+
+def _body(message: Any) -> Any:
+    """The message body as JSON if it is JSON (so that quarantine redacts its secrets), else as text."""
+    body = message.body
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+
+
+def set_aside(backend: Any, engine: Engine, message: Any, detail: str) -> bool:
+    """Quarantine a message Celery cannot run, and store the decision as its task's result; False,
+    with an error logged, if the quarantine could not be written."""
+    try:
+        decision = quarantine_message(engine, task=_header(message, "task") or "unknown",
+                                      reason=Quarantine.INVALID_MESSAGE, detail=detail, body=_body(message),
+                                      now=datetime.now(timezone.utc))
+        task_id = _header(message, "id")
+        if task_id is not None:
+            backend.store_result(task_id, decision.model_dump(mode="json"), states.SUCCESS)
+    except Exception:  # noqa: BLE001 — Celery's own handling follows
+        log.error("a message that is no task could not be quarantined; it is dropped", exc_info=True)
+        return False
+    return True

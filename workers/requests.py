@@ -11,8 +11,8 @@ decodes but is not ``[args, kwargs, embed]`` (``{}``, ``"hello"``, ``42``), or a
 ``id`` header, raised ValueError/TypeError/KeyError out of its strategy — "Unrecoverable error",
 and the worker stopped; the message went back to the queue and stopped the next worker too. The
 app's task class (``CheckedTask``, set in workers.app) checks every message first and turns such a
-message into an ``InvalidTaskError``, which Celery logs and discards, as it does a body it cannot
-decode at all. Neither reaches the bus, so neither is quarantined: there is no message to keep.
+message into an ``InvalidTaskError``, which the worker's consumer quarantines INVALID_MESSAGE
+(workers.consumer), as it does a body it cannot decode at all. Neither reaches the bus.
 
 A lost broker connection: Celery logs an ack (or a requeue) that fails and carries on, but kombu
 keeps a message's prefetch credit when its ack fails, and stops reading the consumer's connection

@@ -4,7 +4,8 @@ not ``[args, kwargs, embed]`` (``{}``, ``"hello"``, ``42``) or a message without
 raised ValueError/TypeError/KeyError out of Celery's strategy: "Unrecoverable error", the worker
 exited, its unacknowledged message went back to the queue — and stopped the next worker the same
 way. The app's task class (workers.requests) turns such a message into an InvalidTaskError, which
-Celery logs and discards. The fault suite shows it on a real worker (tests/faults)."""
+the worker's consumer quarantines (tests/unit/test_worker_keeps_what_celery_cannot_run.py). The fault
+suite shows it on a real worker (tests/faults)."""
 
 from __future__ import annotations
 
