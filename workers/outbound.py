@@ -1,8 +1,9 @@
 """A pool process's outbound messages, published in the background a few decisions at a time.
 
 A decision commits its outbound messages to the outbox (service.outbox). Publishing them right
-after each commit — a Redis pipeline and a statement to mark them — cost a third of the decision
-itself. So the task hands the committed rows to its process's ``Courier`` and returns: a thread
+after each commit — a Redis pipeline, and a statement to mark them — added about 80% to the CPU
+of the decision itself; by courier it adds about 20% (ops/bench/decision_cost.py). The task hands
+the committed rows to its process's ``Courier`` and returns: a thread
 gathers what comes in over ``linger`` seconds (a quiet system waits no longer than that, a busy one
 sends many decisions' messages in one pipeline and marks them in one statement), then publishes.
 
