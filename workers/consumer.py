@@ -28,7 +28,6 @@ sees it; the batch worker quarantines those too.
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -42,7 +41,7 @@ from sqlalchemy.pool import NullPool
 from matomete_core.adapters.database import make_engine
 from matomete_core.config import Settings
 from matomete_core.reasons import Quarantine
-from matomete_core.service.quarantine import quarantine_message
+from matomete_core.service.quarantine import quarantine_message, readable
 
 __all__ = ["Consumer"]
 
@@ -93,22 +92,12 @@ def _header(message: Any, name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _body(message: Any) -> Any:
-    """The message body as JSON if it is JSON (so that quarantine redacts its secrets), else as text."""
-    body = message.body
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return text
-
-
 def set_aside(backend: Any, engine: Engine, message: Any, detail: str) -> bool:
     """Quarantine a message Celery cannot run, and store the decision as its task's result; False,
     with an error logged, if the quarantine could not be written."""
     try:
         decision = quarantine_message(engine, task=_header(message, "task") or "unknown",
-                                      reason=Quarantine.INVALID_MESSAGE, detail=detail, body=_body(message),
+                                      reason=Quarantine.INVALID_MESSAGE, detail=detail, body=readable(message.body),
                                       now=datetime.now(timezone.utc))
         task_id = _header(message, "id")
         if task_id is not None:

@@ -39,6 +39,16 @@ def _safe_json(body: Any) -> str:
     return text if len(text) <= MAX_STORED else json.dumps({"truncated": text[:MAX_STORED]}, ensure_ascii=False)
 
 
+def readable(body: bytes | str) -> Any:
+    """A body as it arrived: its JSON when it is JSON — so that quarantine_message can redact its
+    secrets — else its text."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+
+
 def message_id_of(body: Any) -> str | None:
     """The body's message_id when it is a well-formed one; never an arbitrary string."""
     mid = body.get("message_id") if isinstance(body, dict) else None
