@@ -46,7 +46,7 @@ from matomete_core.adapters.database import is_transient
 from matomete_core.reasons import Quarantine
 from matomete_core.service import batch, bus
 from matomete_core.service.deps import Deps
-from matomete_core.service.quarantine import quarantine_message
+from matomete_core.service.quarantine import quarantine_message, readable
 from workers import metrics
 from workers.app import TIMINGS, app
 from workers.tasks import MAX_ATTEMPTS, MAX_DELIVERIES, deps, publish_quietly
@@ -101,6 +101,7 @@ class Taken:
     kwargs: dict | None = None
     redelivered: bool = False
     problem: str | None = None  # why it is not a task message we can decide
+    body: bytes | str | None = None  # the task's own body, once the envelope is read
 
 
 def _text(value: Any) -> str:
@@ -123,6 +124,7 @@ def decode(raw: bytes, tag: str | None) -> Taken:
         body = payload["body"]
         if props.get("body_encoding") == "base64":
             body = base64.b64decode(body)
+        taken.body = body
         args, kwargs, _embed = json.loads(body)
         taken.args, taken.kwargs = list(args), dict(kwargs)
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
@@ -276,9 +278,9 @@ class BatchWorker:
     def _set_aside(self, t: Taken) -> None:
         """Quarantine a body that is no task message we can decide."""
         def quarantined(t: Taken) -> dict:
+            body = readable(t.raw if t.body is None else t.body)  # the task's own body: its secrets redacted
             return quarantine_message(self.deps.engine, task=t.task or "unknown", reason=Quarantine.INVALID_MESSAGE,
-                                      detail=t.problem or "", body=t.raw.decode("utf-8", "replace"),
-                                      now=_now()).model_dump(mode="json")
+                                      detail=t.problem or "", body=body, now=_now()).model_dump(mode="json")
 
         self._one_by_one(t, quarantined)
 

@@ -170,6 +170,19 @@ def test_a_body_with_no_delivery_tag_is_held_until_quarantined_even_if_its_proce
     assert quarantined(worker) == ["INVALID_MESSAGE"] * 3 and r.llen(HELD) == 0
 
 
+def test_a_task_message_quarantined_for_want_of_a_delivery_tag_is_kept_without_its_secrets(setup):
+    worker, client, r = setup
+    send(client, [{**purchase(7), "access_key": "Sup3r-Secret"}])
+    envelope = json.loads(r.rpop("provider-events"))
+    del envelope["properties"]["delivery_tag"]  # as a hand-written client might send it
+    r.lpush("provider-events", json.dumps(envelope))
+    worker.process(worker.take())
+    assert quarantined(worker) == ["INVALID_MESSAGE"]
+    with worker.deps.engine.connect() as conn:
+        [kept] = json.loads(conn.execute(select(quarantine.c.message)).scalar_one())[0]
+    assert kept["message_id"] == "bw-7" and kept["signature"] == "***" and kept["access_key"] == "***"
+
+
 def test_a_message_that_cannot_be_quarantined_yet_stays_for_the_sweep_and_the_loop_goes_on(setup, monkeypatch):
     import workers.batch
     from workers.batch import HELD
