@@ -10,9 +10,11 @@ import textwrap
 import pytest
 from sqlalchemy import func, select
 
+from matomete_core.adapters.database import release_close_lock, try_close_lock
 from matomete_core.adapters.tables import billing_months, charges
 from matomete_core.service.close import close_month
 from matomete_core.service.invoices import stored_invoices
+from tests.support.services import wait_until
 from tests.unit.conftest import jst
 
 pytestmark = pytest.mark.integration
@@ -45,7 +47,10 @@ def test_a_killed_close_resumes_to_the_same_invoices(pg_deps, pg_settings, tmp_p
     with pg_deps.engine.connect() as conn:
         assert conn.execute(select(billing_months.c.step).where(billing_months.c.month == "2026-08")).scalar() \
             == killed_after
-    # then a rerun finishes it, with each charge once and the invoice whole
+    # then, once PostgreSQL has seen the killed close's session end (and with it its close lock),
+    wait_until(lambda: _close_lock_free(pg_deps.engine), timeout=30, interval=0.1,
+               message="the killed close's session lock to be released")
+    # a rerun finishes it, with each charge once and the invoice whole
     result = close_month(pg_deps.engine, "2026-08", now=jst("2026-09-01 04:00"), export_dir=tmp_path)
     assert (result["status"], result["charges"], result["total"]) == ("closed", 2, 825)
     with pg_deps.engine.connect() as conn:
@@ -55,7 +60,6 @@ def test_a_killed_close_resumes_to_the_same_invoices(pg_deps, pg_settings, tmp_p
 
 
 def test_two_closes_at_once_cannot_both_run(pg_deps, tmp_path):
-    from matomete_core.adapters.database import release_close_lock, try_close_lock
     from matomete_core.service.close import CloseInProgress
     with pg_deps.engine.connect() as other_beat:
         assert try_close_lock(other_beat)
@@ -63,3 +67,11 @@ def test_two_closes_at_once_cannot_both_run(pg_deps, tmp_path):
             close_month(pg_deps.engine, "2026-08", now=jst("2026-09-01 03:00"), export_dir=tmp_path)
         release_close_lock(other_beat)
     assert close_month(pg_deps.engine, "2026-08", now=jst("2026-09-01 03:00"), export_dir=tmp_path)["status"] == "closed"
+
+
+def _close_lock_free(engine) -> bool:  # noqa: ANN001
+    with engine.connect() as conn:
+        if not try_close_lock(conn):
+            return False
+        release_close_lock(conn)
+        return True
