@@ -15,6 +15,15 @@ failure to close a dead connection. The messages it could not restore are still 
 done after the close is skipped: it lowers the prefetch count for tasks still running, so a
 reconnect after this error prefetches in full.
 
+The same kombu error comes back later, from a task that finishes after its connection was lost:
+Celery runs the task's ack (or reject) from the event loop, on the channel the message came on,
+and that channel's transport is the one ``collect`` released. The error left the event loop as
+"Unrecoverable error", and the worker, alive, stopped consuming (CI again). A message's channel
+that is closed can no longer settle it, and reconnecting would not help: the consumer already has,
+or is about to. So such an ack is logged and left; the message is still in Redis' ``unacked``
+hash, the visibility sweep hands it out again, and the inbox replays its decision. An ack that
+fails on an open channel still raises into the consumer, which reconnects (workers.requests).
+
 It also keeps what Celery cannot run. Celery logs and drops a message whose body it cannot decode,
 one whose content type it refuses, one that is no task message (workers.requests), and one naming
 a task nobody registered. Here each is quarantined ``INVALID_MESSAGE`` (as the batch worker does,
@@ -29,8 +38,9 @@ sees it; the batch worker quarantines those too.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timezone
-from functools import lru_cache
+from functools import lru_cache, wraps
 from typing import Any
 
 from celery import states
@@ -56,6 +66,9 @@ class Consumer(CeleryConsumer):
             log.warning("closing the lost broker connection failed inside kombu; reconnecting anyway",
                         exc_info=True)
 
+    def call_soon_ack(self, p: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return super().call_soon_ack(_unless_channel_closed(p), *args, **kwargs)
+
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         if not self._set_aside(message, f"the body cannot be decoded: {type(exc).__name__}"):
             super().on_decode_error(message, exc)
@@ -77,6 +90,34 @@ class Consumer(CeleryConsumer):
             return False
         message.ack_log_error(log, self.connection_errors)
         return True
+
+
+def _unless_channel_closed(settle: Callable[..., Any]) -> Callable[..., Any]:
+    """``settle`` (a message's ``ack_log_error`` or ``reject_log_error``), except that kombu's
+    AttributeError on a message whose channel is already closed is logged, not raised."""
+    message = getattr(settle, "__self__", None)
+
+    @wraps(settle)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return settle(*args, **kwargs)
+        except AttributeError:
+            if not _channel_closed(message):
+                raise
+            log.warning("a message taken on a lost broker connection cannot be settled there; it stays "
+                        "unacknowledged in Redis until the visibility sweep hands it out again",
+                        extra={"task_id": _header(message, "id"), "delivery_tag": message.delivery_tag})
+            return None
+
+    return run
+
+
+def _channel_closed(message: Any) -> bool:
+    channel = getattr(message, "channel", None)
+    if channel is None:
+        return False
+    transport = getattr(channel, "connection", None)
+    return bool(getattr(channel, "closed", False)) or transport is None or getattr(transport, "client", None) is None
 
 
 @lru_cache(maxsize=1)
