@@ -1,9 +1,20 @@
-"""``matomete.noop``: a task that does nothing, on the same app, queues and settings as the real
-ones — Celery's own per-task ceiling for ops/bench/decisions.py, and a liveness probe."""
+"""Probe tasks on the same app, queues and settings as the real ones: Celery's own per-task
+ceiling, and the floor under any design that commits each message, for ops/bench/decisions.py; and
+liveness and readiness probes of a worker (``celery call matomete.noop`` / ``matomete.probe_commit``).
+"""
 
+from matomete_core.adapters.database import commit_empty
 from workers.app import app
+from workers.tasks import deps
 
 
 @app.task(name="matomete.noop")
 def noop(*_args: object, **_kwargs: object) -> None:
     return None
+
+
+@app.task(name="matomete.probe_commit")
+def probe_commit(*_args: object, **_kwargs: object) -> None:
+    """One transaction committed to the worker's database, as durably as a decision's, writing
+    nothing else."""
+    commit_empty(deps().engine)

@@ -4,7 +4,9 @@
                                   [--mode task|batch] [--size S] [--preload R] [--offered-rate P]
 
 1. baseline: N no-op tasks (``matomete.noop``: same app, queue and settings), sent from a
-   separate process with a bare Celery client, then drained by W ``matomete worker``;
+   separate process with a bare Celery client, then drained by W ``matomete worker``; then N
+   tasks that each commit one empty transaction (``matomete.probe_commit``), drained the same way:
+   the ceiling of any design that commits each message on its own;
 2. the real thing: N signed purchases for N/10 Passport IDs on N/20 lines, sent the same way, then
    decided by W ``matomete worker`` (``--mode task``, a task per message) or W ``matomete
    batch-worker`` (``--mode batch``, micro-batches of up to S), counted in the inbox; ``--concurrency
@@ -20,8 +22,9 @@
 outbox rows too), to show the cost of a decision as the tables grow.
 
 Prints a table and a final JSON line: ``baseline_per_s, decisions_per_s, ratio, p50_ms, p95_ms,
-p99_ms``, and ``sent_per_s``, the rate the sender kept up during the latency run. On Linux it also
-says where the time goes: ``baseline_cpu_ms`` and ``decision_cpu_ms``, the CPU a message cost over
+p99_ms``, ``commit_per_s`` and ``commit_ratio`` (to the baseline), and ``sent_per_s``, the rate
+the sender kept up during the latency run. On Linux it also says where the time goes:
+``baseline_cpu_ms``, ``commit_cpu_ms`` and ``decision_cpu_ms``, the CPU a message cost over
 each drain (user + system, from /proc) in the workers, PostgreSQL and Redis. A script, not a
 test: compare ratios measured in one run, not seconds across runs.
 """
@@ -41,11 +44,13 @@ import tempfile
 import time
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 SECRET = "bench-secret-PA"
 QUEUE, STAGED = "provider-events", "bench-staged:"
+PROBES = {"noop": "matomete.noop", "commit": "matomete.probe_commit"}  # workers.probe
 
 
 # ---- the sender: a separate process, a bare Celery client, no project imports ----------------------
@@ -70,8 +75,8 @@ def send(broker: str, kind: str, n: int, offset: int, rate: float, out: str, pas
     at = (datetime.now(timezone(timedelta(hours=9))) - timedelta(seconds=30)).isoformat(timespec="seconds")
     with client.producer_or_acquire() as producer:
         for i in range(offset, offset + n):
-            if kind == "noop":
-                args, name = [{"n": i}], "matomete.noop"
+            if kind in PROBES:
+                args, name = [{"n": i}], PROBES[kind]
             else:
                 msg = {"message_id": f"bench-{i}", "occurred_at": at, "provider_id": "PA", "order_id": f"o-{i}",
                        "passport_id": f"bench{i % passports + 1}", "content_id": "coin", "quantity": 1}
@@ -343,10 +348,10 @@ def main() -> None:
     try:
         _setup(pg_url, n, env, args.preload)
         servers = _servers(pg_url, args.redis)
-        baseline, baseline_cpu = _drain(env, args.redis, "noop", n, 0, passports,
-                                        _workers(env, logs, "task", args.workers,
-                                                 args.concurrency if args.mode == "task" else None, args.size),
-                                        servers)
+        task_workers = partial(_workers, env, logs, "task", args.workers,
+                               args.concurrency if args.mode == "task" else None, args.size)
+        baseline, baseline_cpu = _drain(env, args.redis, "noop", n, 0, passports, task_workers(), servers)
+        commit, commit_cpu = _drain(env, args.redis, "commit", n, 0, passports, task_workers(), servers)
         decisions, decision_cpu = _drain(env, args.redis, "purchase", n, 0, passports,
                                          _workers(env, logs, args.mode, args.workers, args.concurrency, args.size),
                                          servers)
@@ -371,25 +376,28 @@ def main() -> None:
         return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1)
 
     report = {"messages": n, "preloaded": args.preload, "mode": args.mode, "workers": args.workers, "baseline_per_s": round(baseline), "decisions_per_s": round(decisions),
-              "ratio": round(decisions / baseline, 3), "offered_per_s": round(offered),
+              "ratio": round(decisions / baseline, 3), "commit_per_s": round(commit),
+              "commit_ratio": round(commit / baseline, 3), "offered_per_s": round(offered),
               "sent_per_s": round(achieved), "latency_messages": m,
               "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "mean_ms": round(statistics.mean(latencies), 1),
               "decided": decided, "charges": charged,
-              "baseline_cpu_ms": baseline_cpu, "decision_cpu_ms": decision_cpu}
+              "baseline_cpu_ms": baseline_cpu, "commit_cpu_ms": commit_cpu, "decision_cpu_ms": decision_cpu}
     print(f"{'':<34}{'per s':>10}", file=sys.stderr)
     print(f"{'no-op task (Celery ceiling)':<34}{report['baseline_per_s']:>10}", file=sys.stderr)
+    print(f"{'a task committing once':<34}{report['commit_per_s']:>10}", file=sys.stderr)
     print(f"{'purchase decisions':<34}{report['decisions_per_s']:>10}", file=sys.stderr)
     if baseline_cpu and decision_cpu:
         print(f"CPU ms a message{'':<18}" + "".join(f"{k:>10}" for k in decision_cpu) + f"{'total':>10}",
               file=sys.stderr)
-        for label, cpu in (("no-op task", baseline_cpu), ("purchase decision", decision_cpu)):
+        for label, cpu in (("no-op task", baseline_cpu), ("a task committing once", commit_cpu),
+                           ("purchase decision", decision_cpu)):
             print(f"{label:<34}" + "".join(f"{cpu.get(k, 0):>10.3f}" for k in decision_cpu)
                   + f"{sum(cpu.values()):>10.3f}", file=sys.stderr)
     if achieved < 0.9 * offered:
         print(f"the sender kept up {round(achieved)}/s of the {round(offered)}/s offered: on this machine its "
               "own CPU competes with the workers', and the latency is that of a saturated machine",
               file=sys.stderr)
-    print(f"ratio {report['ratio']}; latency at {report['offered_per_s']}/s (sent at {report['sent_per_s']}/s): "
+    print(f"ratio {report['ratio']} (a task committing once: {report['commit_ratio']}); latency at {report['offered_per_s']}/s (sent at {report['sent_per_s']}/s): "
           f"p50 {report['p50_ms']} ms, "
           f"p95 {report['p95_ms']} ms, p99 {report['p99_ms']} ms; decided {decided} (expected {n + m + len(warm)}), "
           f"charges {charged}; worker logs in {logs}", file=sys.stderr)

@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from matomete_core.adapters.tables import lines
 
-__all__ = ["make_engine", "insert_ignore", "insert_rows", "list_param", "among", "upsert", "lock_line", "lock_order",
+__all__ = ["make_engine", "commit_empty", "insert_ignore", "insert_rows", "list_param", "among", "upsert", "lock_line", "lock_order",
            "lock_keys", "is_transient", "share_month", "seize_month", "try_close_lock", "release_close_lock"]
 
 
@@ -47,6 +47,18 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # server restart the first statement on a stale connection fails as a disconnect, which
     # invalidates the whole pool and is transient — the task retries it (workers.tasks.decide).
     return create_engine(url, **kwargs)
+
+
+def commit_empty(engine: Engine) -> int | None:
+    """Commit one transaction that writes nothing but its commit record: the cost of a durable
+    commit on its own (ops/bench/decisions.py), and a probe that the database takes commits. On
+    PostgreSQL it takes a transaction id, so its commit is flushed to the WAL like a decision's,
+    and returns that id (None on SQLite)."""
+    with engine.begin() as conn:
+        return int(conn.execute(_TAKE_XID).scalar_one()) if conn.dialect.name == "postgresql" else None
+
+
+_TAKE_XID = text("SELECT pg_current_xact_id()")
 
 
 @lru_cache(maxsize=64)
