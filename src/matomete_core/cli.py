@@ -74,13 +74,15 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> None:
     """The console script: usage errors, like every other error, are one line on stderr."""
     try:
-        cli.main(args=argv, prog_name="matomete", standalone_mode=False)
+        status = cli.main(args=argv, prog_name="matomete", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("matomete: aborted", err=True)
         sys.exit(1)
     except click.ClickException as exc:
         click.echo(f"matomete: {' '.join(exc.format_message().split())}", err=True)
         sys.exit(exc.exit_code)
+    if isinstance(status, int) and status:  # a command's ctx.exit(status): worker and beat (_celery)
+        sys.exit(status)
 
 
 @cli.group()
@@ -144,7 +146,7 @@ def worker(ctx: click.Context) -> None:
 
     multiproc.prepare()  # before prometheus_client is imported: it picks its mode then
     from workers import logging as json_logs, metrics
-    from workers.app import HOUSEKEEPING_QUEUE, INBOUND_QUEUES, app
+    from workers.app import HOUSEKEEPING_QUEUE, INBOUND_QUEUES
 
     json_logs.install()
     try:
@@ -152,7 +154,7 @@ def worker(ctx: click.Context) -> None:
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     queues = ",".join((*INBOUND_QUEUES, HOUSEKEEPING_QUEUE))
-    app.worker_main(["worker", "-Q", queues, *ctx.args])
+    _celery(ctx, ["worker", "-Q", queues, *ctx.args])
 
 
 @cli.command("batch-worker")
@@ -188,10 +190,20 @@ def batch_worker(size: int, concurrency: int | None, loglevel: str) -> None:
 def beat(ctx: click.Context) -> None:
     """Run the schedule: outbox relay, held-cancel expiry (extra options go to celery beat)."""
     from workers import logging as json_logs
-    from workers.app import app
 
     json_logs.install()
-    app.start(["beat", *ctx.args])
+    _celery(ctx, ["beat", *ctx.args])
+
+
+def _celery(ctx: click.Context, argv: list[str]) -> None:
+    """Run a Celery command on the app (workers.app) and exit with its status. ``app.worker_main``
+    and ``app.start`` drop it (click, not standalone, returns the status rather than raising it): a
+    worker that stopped on an "Unrecoverable error" exited 0, and a supervisor that restarts only
+    failed processes (systemd's ``Restart=on-failure``) left it down."""
+    from celery.bin.celery import celery
+
+    status = celery.main(args=["--app", "workers.app:app", *argv], prog_name="celery", standalone_mode=False)
+    ctx.exit(status if isinstance(status, int) else 0)
 
 
 @cli.command()

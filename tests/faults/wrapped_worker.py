@@ -13,6 +13,8 @@ The fault is chosen by ``MATOMETE_FAULTS_INJECT`` and patched in before the work
   soft time limit as a careless library would, so only the hard time limit ends it: ``hang-once``
   orders on their first delivery (their message ids are kept in FILE), ``hang-always`` ones on every
   delivery.
+* ``consumer-error:SECONDS`` — SECONDS after the worker's consumer starts, its event loop runs a
+  callback that raises an error that is no connection error: Celery's "Unrecoverable error".
 
 Everything else is the real `matomete` command line.
 """
@@ -97,6 +99,23 @@ def _hang(path: str) -> None:
     _before_each_purchase(hang)
 
 
+def _consumer_error(seconds: float) -> None:
+    from celery import bootsteps
+
+    from workers.app import app
+
+    def fail() -> None:
+        raise RuntimeError("injected: a callback of the consumer's event loop failed")
+
+    class Fail(bootsteps.StartStopStep):
+        requires = ("celery.worker.consumer.tasks:Tasks",)
+
+        def start(self, c: Any) -> None:
+            c.hub.call_later(seconds, lambda: c.hub.call_soon(fail))  # as an ack runs: call_soon
+
+    app.steps["consumer"].add(Fail)
+
+
 def main() -> None:
     fault = os.environ.get("MATOMETE_FAULTS_INJECT", "")
     if fault.startswith("slow-relay:"):
@@ -107,6 +126,8 @@ def main() -> None:
         _slow(float(fault.split(":", 1)[1]))
     elif fault.startswith("hang:"):
         _hang(fault.split(":", 1)[1])
+    elif fault.startswith("consumer-error:"):
+        _consumer_error(float(fault.split(":", 1)[1]))
     elif fault:
         sys.exit(f"unknown MATOMETE_FAULTS_INJECT={fault!r}")
     from matomete_core.cli import main as matomete
