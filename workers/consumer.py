@@ -6,8 +6,8 @@ On a lost broker connection Celery's consumer collects the connection (kombu's
 connection errors. With Redis gone, the first channel close can fail part-way. The second then
 restores the unacknowledged messages through a transport that ``collect`` already released, and
 kombu 5.7 raises ``AttributeError`` (``'NoneType' object has no attribute 'hostname'``). That is
-not a connection error, so it ended the consumer as an "unrecoverable error": the worker process
-stayed alive and never decided again (seen in CI, tests/faults/test_broker_restart.py).
+not a connection error, so it ended the consumer as an "unrecoverable error": the worker stopped
+and never decided again (seen in CI, tests/faults/test_broker_restart.py).
 
 Here that error is logged and the consumer carries on to reconnect, as it does for every other
 failure to close a dead connection. The messages it could not restore are still in Redis'
@@ -18,7 +18,7 @@ reconnect after this error prefetches in full.
 The same kombu error comes back later, from a task that finishes after its connection was lost:
 Celery runs the task's ack (or reject) from the event loop, on the channel the message came on,
 and that channel's transport is the one ``collect`` released. The error left the event loop as
-"Unrecoverable error", and the worker, alive, stopped consuming (CI again). A message's channel
+"Unrecoverable error", and the worker stopped (CI again). A message's channel
 that is closed can no longer settle it, and reconnecting would not help: the consumer already has,
 or is about to. So such an ack is logged and left; the message is still in Redis' ``unacked``
 hash, the visibility sweep hands it out again, and the inbox replays its decision. An ack that
@@ -116,8 +116,8 @@ def _channel_closed(message: Any) -> bool:
     channel = getattr(message, "channel", None)
     if channel is None:
         return False
-    transport = getattr(channel, "connection", None)
-    return bool(getattr(channel, "closed", False)) or transport is None or getattr(transport, "client", None) is None
+    transport = getattr(channel, "connection", None)  # kombu's released transport has no client
+    return bool(getattr(channel, "closed", False)) or getattr(transport, "client", None) is None
 
 
 @lru_cache(maxsize=1)

@@ -1,7 +1,6 @@
-"""Probe tasks on the same app, queues and settings as the real ones: Celery's own per-task
-ceiling, and the floor under any design that commits each message, for ops/bench/decisions.py; and
-liveness and readiness probes of a worker (``celery call matomete.noop`` / ``matomete.probe_commit``).
-"""
+"""Probe tasks on the same app, queues and settings as the real ones: Celery's own per-task ceiling
+(``matomete.noop``) and that of any design that commits each message (``matomete.probe_commit``),
+for ops/bench/decisions.py; and a worker's liveness and readiness probes."""
 
 from matomete_core.adapters.database import commit_empty
 from workers.app import app

@@ -21,8 +21,9 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from matomete_core.adapters.tables import lines
 
-__all__ = ["make_engine", "commit_empty", "insert_ignore", "insert_rows", "list_param", "among", "upsert", "lock_line", "lock_order",
-           "lock_keys", "is_transient", "share_month", "seize_month", "try_close_lock", "release_close_lock"]
+__all__ = ["make_engine", "commit_empty", "insert_ignore", "insert_rows", "list_param", "among", "upsert", "lock_line",
+           "lock_order", "lock_keys", "is_transient", "share_month", "seize_month", "try_close_lock",
+           "release_close_lock"]
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
