@@ -31,8 +31,13 @@ and as the bus does with a task message it cannot decide), its decision stored a
 result when it has a task id, and then acknowledged. If the quarantine cannot be written (the
 database is away), Celery's own handling follows: logged, and dropped — such a message can be no
 decision, and holding it unacknowledged would hold one of the consumer's prefetch slots for good.
-A Redis list entry that is not even a kombu message (not JSON) is dropped by kombu before Celery
-sees it; the batch worker quarantines those too.
+
+A Redis list entry that is not even a kombu message (not JSON, or JSON without kombu's envelope)
+made kombu raise while reading the queue, before Celery saw a message: "Unrecoverable error", and
+the worker stopped — one stray ``LPUSH`` stopped each worker that took it. Here such an error from
+kombu's read is quarantined ``INVALID_MESSAGE`` (the entry as kombu read it, when the error
+still holds it) and made a connection error: the consumer reconnects, handing the messages it had
+prefetched back to the queue, and carries on. The batch worker quarantines such entries too.
 """
 
 from __future__ import annotations
@@ -59,6 +64,10 @@ log = logging.getLogger(__name__)
 
 
 class Consumer(CeleryConsumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loop = _past_unreadable_entries(self.loop, self)
+
     def on_connection_error_after_connected(self, exc: Exception) -> None:
         try:
             super().on_connection_error_after_connected(exc)
@@ -90,6 +99,51 @@ class Consumer(CeleryConsumer):
             return False
         message.ack_log_error(log, self.connection_errors)
         return True
+
+
+def _past_unreadable_entries(loop: Callable[..., Any], consumer: Consumer) -> Callable[..., Any]:
+    """Celery's event loop, except that an entry kombu cannot read as a message is set aside, and
+    the consumer reconnects (see above)."""
+
+    @wraps(loop)
+    def run(*args: Any) -> Any:
+        try:
+            return loop(*args)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            entry = _entry_being_read(exc)
+            if entry is _NOT_READING:
+                raise
+            detail = f"a queue entry that is no kombu message: {type(exc).__name__}"
+            log.error("%s; set aside, reconnecting", detail)
+            if entry is not None:
+                set_aside(consumer.app.backend, _engine(), _Unreadable(entry), detail)
+            raise ConnectionError(detail) from exc
+
+    return run
+
+
+_NOT_READING = object()
+
+
+def _entry_being_read(exc: BaseException) -> Any:
+    """The raw entry kombu's Redis transport was reading when it raised ``exc`` (None if it no
+    longer holds it), or _NOT_READING if the error came from elsewhere."""
+    tb, found = exc.__traceback__, _NOT_READING
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "_brpop_read" and frame.f_globals.get("__name__") == "kombu.transport.redis":
+            found = frame.f_locals.get("item")
+        tb = tb.tb_next
+    return found
+
+
+class _Unreadable:
+    """An entry kombu could not read, as set_aside takes a message: no headers, its raw body."""
+
+    headers: dict = {}
+
+    def __init__(self, body: bytes | str):
+        self.body = body
 
 
 def _unless_channel_closed(settle: Callable[..., Any]) -> Callable[..., Any]:

@@ -101,3 +101,39 @@ def test_a_poison_message_and_forgeries_never_block_the_queue_behind_them(deploy
     assert figures["lost"] == 0 and figures["doubled"] == 0 and figures["not_as_expected"] == 0, figures
     assert d.processes["w1"].poll() is None and "Unrecoverable error" not in log
     assert malformed_kept == len(MALFORMED)  # each kept for an operator, none dropped
+
+
+NOT_KOMBU = {  # Redis list entries no kombu client writes: name: the entry
+    "not JSON": b"this is not json",
+    "not UTF-8": b"\xff\xfe not json",
+    "JSON, no envelope": b"{}",
+    "a number": b"42",
+    "a tag that is no string": b'{"properties": {"delivery_tag": {"a": 1}}, "body": "e30="}',
+}
+
+
+def test_queue_entries_that_are_no_kombu_messages_are_set_aside_and_the_worker_carries_on(deployment):
+    """Each of these made kombu raise as it read the queue: "Unrecoverable error", and the worker
+    stopped. Now each is quarantined INVALID_MESSAGE, the consumer reconnects, and the messages
+    around them are decided (workers/consumer.py)."""
+    import redis
+
+    # given a worker, and ordinary messages queued around entries that are no kombu messages
+    d: Deployment = deployment()
+    d.start_worker("w1", concurrency=1)
+    flow = Flow(d, "around").build(24, first_passport=200)
+    entries = list(NOT_KOMBU.values())
+    with redis.Redis.from_url(d.broker_url) as r:
+        flow.send_all(on_each=lambda i: r.lpush("provider-events", entries[i // 4]) if i % 4 == 3 and i // 4 < len(
+            entries) else None)
+
+    # then every ordinary message is decided, each entry is kept for an operator, and the worker lives
+    flow.wait_decided(timeout=120)
+    wait_until(lambda: d.sql("SELECT count(*) FROM quarantine WHERE reason = 'INVALID_MESSAGE'")[0][0]
+               == len(NOT_KOMBU), timeout=30, message="every entry to be quarantined")
+    log = "\n".join(p.read_text(errors="replace") for p in d.logs.values())
+    figures = flow.figures()
+    report("queue entries that are no kombu messages", **figures, entries=len(NOT_KOMBU),
+           reconnects=log.count("no kombu message"), worker_stopped=d.processes["w1"].poll() is not None)
+    assert figures["lost"] == 0 and figures["doubled"] == 0 and figures["not_as_expected"] == 0, figures
+    assert d.processes["w1"].poll() is None and "Unrecoverable error" not in log
