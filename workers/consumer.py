@@ -127,12 +127,15 @@ _NOT_READING = object()
 
 def _entry_being_read(exc: BaseException) -> Any:
     """The raw entry kombu's Redis transport was reading when it raised ``exc`` (None if it no
-    longer holds it), or _NOT_READING if the error came from elsewhere."""
+    longer holds it), or _NOT_READING if the error came from elsewhere — Celery's handling of a
+    message kombu did read among it."""
     tb, found = exc.__traceback__, _NOT_READING
     while tb is not None:
-        frame = tb.tb_frame
-        if frame.f_code.co_name == "_brpop_read" and frame.f_globals.get("__name__") == "kombu.transport.redis":
+        frame, module = tb.tb_frame, tb.tb_frame.f_globals.get("__name__", "")
+        if frame.f_code.co_name == "_brpop_read" and module == "kombu.transport.redis":
             found = frame.f_locals.get("item")
+        elif found is not _NOT_READING and module.startswith(("celery.", "workers.")):
+            return _NOT_READING  # raised while Celery handled a message kombu read
         tb = tb.tb_next
     return found
 

@@ -63,3 +63,16 @@ def test_an_error_from_elsewhere_in_the_loop_is_left_as_it_was(monkeypatch, pg_d
     with pytest.raises(ValueError, match="the loop's own"):
         _past_unreadable_entries(loop, _consumer(monkeypatch, pg_deps.engine))()
     assert list_quarantined(pg_deps.engine) == []
+
+
+
+def test_an_error_raised_while_celery_handles_a_message_kombu_read_is_left_as_it_was(redis_url, pg_deps,
+                                                                                   monkeypatch):
+    from celery.utils.text import truncate  # Celery's code, failing on what it is given: a message
+
+    conn = Connection(redis_url)
+    conn.SimpleQueue("readable").put({"n": 1})
+    conn.default_channel.basic_consume("readable", no_ack=False, callback=truncate, consumer_tag="t")
+    with pytest.raises(TypeError):
+        _past_unreadable_entries(lambda: conn.drain_events(timeout=5), _consumer(monkeypatch, pg_deps.engine))()
+    assert list_quarantined(pg_deps.engine) == []
