@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache, partial
 
 import redis
@@ -40,6 +40,9 @@ def deps() -> Deps:
     """Built on first use in each worker process (after the fork), never at import."""
     settings = Settings.from_env()
     return bootstrap(settings, publisher=KombuPublisher(settings.broker_url))
+
+
+RELAY_SETTLED = timedelta(seconds=5)  # beat leaves a row this long to the worker that wrote it
 
 
 def _now() -> datetime:
@@ -191,8 +194,9 @@ def update_registration() -> None:
 
 @app.task(name="matomete.relay_outbox")
 def relay_outbox() -> int:
+    """Beat's relay: what no worker published, once it has had the time to (RELAY_SETTLED)."""
     d = deps()
-    return relay(d.engine, d.publisher, now=_now())
+    return relay(d.engine, d.publisher, now=_now(), settled_for=RELAY_SETTLED)
 
 
 @app.task(name="matomete.expire_held_cancels")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,35 @@ def test_events_decided_after_a_relay_are_published_by_the_next(deps, provider, 
     # then the consumer gets the first events once, then the new ones once
     events = [b["event_id"] for q in QUEUES for b, _ in drain(redis_url, q)]
     assert Counter(events) == Counter(before | {r["event_id"] for r in new})
+
+
+def test_beat_leaves_the_rows_of_a_decision_moments_ago_to_the_worker_publishing_them(deps, provider, redis_url):
+    # given decisions at 12:00 – 12:03, and beat's relay (which leaves a row RELAY_SETTLED = 5 s to
+    # the worker that wrote it) at 12:03:02
+    from workers.tasks import RELAY_SETTLED
+
+    decide_some(provider)
+    last = jst("2026-08-10 12:03")
+    relay(deps.engine, deps.publisher, now=last + timedelta(seconds=2), settled_for=RELAY_SETTLED)
+    # then the rows of 12:03 are left, all the others published
+    left = [r for r in outbox_rows(deps) if r["published_at"] is None]
+    assert left and all(r["created_at"] == last for r in left)
+    # and the next run, past the 5 s, publishes them
+    assert relay(deps.engine, deps.publisher, now=last + timedelta(seconds=6), settled_for=RELAY_SETTLED) == len(left)
+    events = [b["event_id"] for q in QUEUES for b, _ in drain(redis_url, q)]
+    assert Counter(events) == Counter(r["event_id"] for r in outbox_rows(deps))  # each once
+
+
+def test_beats_relay_task_leaves_rows_their_worker_is_publishing(monkeypatch):
+    from types import SimpleNamespace
+
+    from workers import tasks
+
+    asked: dict = {}
+    monkeypatch.setattr(tasks, "deps", lambda: SimpleNamespace(engine="engine", publisher="publisher"))
+    monkeypatch.setattr(tasks, "relay", lambda *a, **kw: asked.update(kw) or 0)
+    tasks.relay_outbox.run()
+    assert asked["settled_for"] == tasks.RELAY_SETTLED > timedelta(0)
 
 
 # ---- at least once --------------------------------------------------------------------------------

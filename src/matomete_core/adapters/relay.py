@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 
 from kombu import Connection as KombuConnection, Exchange, Queue
@@ -58,10 +58,14 @@ class KombuPublisher:
         self._conn.release()
 
 
-def relay(engine: Engine, publisher, *, now: datetime, batch: int = 500) -> int:  # noqa: ANN001
+def relay(engine: Engine, publisher, *, now: datetime, batch: int = 500,  # noqa: ANN001
+          settled_for: timedelta = timedelta(0)) -> int:
     """Publish every unpublished outbox row, oldest first, then expand batch rows chunk by chunk;
-    returns how many messages were published."""
-    return _relay_rows(engine, publisher, now, batch) + _relay_batches(engine, publisher, now, batch)
+    returns how many messages were published. A row written less than ``settled_for`` before
+    ``now`` is left: the worker that wrote it publishes it itself, a few milliseconds after its
+    commit (a courier's, up to 50 ms), and a relay taking it meanwhile sends it a second time."""
+    written_by = now - settled_for if settled_for else None
+    return _relay_rows(engine, publisher, now, batch, written_by) + _relay_batches(engine, publisher, now, batch)
 
 
 def publish_written(engine: Engine, publisher, rows: list[Written], *, now: datetime) -> None:  # noqa: ANN001
@@ -107,13 +111,16 @@ def _locked(conn, stmt):  # noqa: ANN001, ANN202
     return stmt.with_for_update(skip_locked=True) if conn.dialect.name == "postgresql" else stmt
 
 
-def _relay_rows(engine: Engine, publisher, now: datetime, batch: int) -> int:  # noqa: ANN001
+def _relay_rows(engine: Engine, publisher, now: datetime, batch: int,  # noqa: ANN001
+                written_by: datetime | None) -> int:
+    unpublished = select(outbox.c.id, outbox.c.queue, outbox.c.body, outbox.c.event_id).where(
+        outbox.c.published_at.is_(None), outbox.c.batch.is_(None)).order_by(outbox.c.id).limit(batch)
+    if written_by is not None:
+        unpublished = unpublished.where(outbox.c.created_at <= written_by)
     total = 0
     while True:
         with engine.begin() as conn:
-            rows = conn.execute(_locked(conn, select(outbox.c.id, outbox.c.queue, outbox.c.body, outbox.c.event_id)
-                                        .where(outbox.c.published_at.is_(None), outbox.c.batch.is_(None))
-                                        .order_by(outbox.c.id).limit(batch))).all()
+            rows = conn.execute(_locked(conn, unpublished)).all()
             _publish_all(publisher, [(r.queue, r.body, r.event_id) for r in rows])
             if rows:
                 conn.execute(update(outbox).where(outbox.c.id.in_([r.id for r in rows])).values(published_at=now))
