@@ -1,5 +1,5 @@
-"""The worker's consumer: Celery's, except that it reconnects when kombu fails to close a lost Redis
-connection.
+"""The worker's consumer: Celery's, except that it rides out kombu's failures around a lost Redis
+connection, and keeps what Celery cannot run — where Celery's would stop the worker or drop it.
 
 On a lost broker connection Celery's consumer collects the connection (kombu's
 ``Connection.collect``: close the channel, release the transport), then closes it, ignoring
@@ -18,11 +18,11 @@ reconnect after this error prefetches in full.
 The same kombu error comes back later, from a task that finishes after its connection was lost:
 Celery runs the task's ack (or reject) from the event loop, on the channel the message came on,
 and that channel's transport is the one ``collect`` released. The error left the event loop as
-"Unrecoverable error", and the worker stopped (CI again). A message's channel
-that is closed can no longer settle it, and reconnecting would not help: the consumer already has,
-or is about to. So such an ack is logged and left; the message is still in Redis' ``unacked``
-hash, the visibility sweep hands it out again, and the inbox replays its decision. An ack that
-fails on an open channel still raises into the consumer, which reconnects (workers.requests).
+"Unrecoverable error", and the worker stopped (CI again). A closed channel can no longer settle
+a message, and reconnecting would not help: the consumer already has, or is about to. So such an
+ack is logged and left; the message is still in Redis' ``unacked`` hash, the visibility sweep
+hands it out again, and the inbox replays its decision. An ack that fails on an open channel
+still raises into the consumer, which reconnects (workers.requests).
 
 It also keeps what Celery cannot run. Celery logs and drops a message whose body it cannot decode,
 one whose content type it refuses, one that is no task message (workers.requests), and one naming
@@ -36,8 +36,10 @@ A Redis list entry that is not even a kombu message (not JSON, or JSON without k
 made kombu raise while reading the queue, before Celery saw a message: "Unrecoverable error", and
 the worker stopped — one stray ``LPUSH`` stopped each worker that took it. Here such an error from
 kombu's read is quarantined ``INVALID_MESSAGE`` (the entry as kombu read it, when the error
-still holds it) and made a connection error: the consumer reconnects, handing the messages it had
-prefetched back to the queue, and carries on. The batch worker quarantines such entries too.
+still holds it; if the quarantine cannot be written, only logged) and made a connection error: the
+consumer reconnects, handing the messages it had prefetched back to the queue, and carries on. An
+error raised while Celery handles a message kombu did read is not one of these. The batch worker
+quarantines such entries too.
 """
 
 from __future__ import annotations
