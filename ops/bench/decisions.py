@@ -397,7 +397,8 @@ def main() -> None:
         print(f"the sender kept up {round(achieved)}/s of the {round(offered)}/s offered: on this machine its "
               "own CPU competes with the workers', and the latency is that of a saturated machine",
               file=sys.stderr)
-    print(f"ratio {report['ratio']} (a task committing once: {report['commit_ratio']}); latency at {report['offered_per_s']}/s (sent at {report['sent_per_s']}/s): "
+    print(f"ratio {report['ratio']} (a task committing once: {report['commit_ratio']}); "
+          f"latency at {report['offered_per_s']}/s (sent at {report['sent_per_s']}/s): "
           f"p50 {report['p50_ms']} ms, "
           f"p95 {report['p95_ms']} ms, p99 {report['p99_ms']} ms; decided {decided} (expected {n + m + len(warm)}), "
           f"charges {charged}; worker logs in {logs}", file=sys.stderr)
