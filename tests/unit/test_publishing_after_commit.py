@@ -9,7 +9,8 @@ from sqlalchemy.exc import OperationalError
 
 from matomete_core.adapters.relay import publish_written, relay
 from matomete_core.adapters.tables import outbox
-from matomete_core.service import bus, inbox
+from matomete_core.service import bus
+from matomete_core.service import outbox as outbox_svc
 from matomete_core.testing import over_the_wire, signed
 from tests.unit.conftest import SECRETS, jst
 
@@ -46,10 +47,13 @@ def test_an_accepted_purchase_hands_over_exactly_the_rows_it_committed(deps):
 
 
 def test_a_transaction_that_fails_after_writing_hands_over_nothing(deps, monkeypatch):
-    def lost(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
-        raise OperationalError("UPDATE inbox", {}, Exception("server closed the connection"))
+    emitting = outbox_svc.emitting
 
-    monkeypatch.setattr(inbox, "record", lost)
+    def lost(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 — the rows are written, then the connection goes
+        emitting(*args, **kwargs)
+        raise OperationalError("INSERT INTO outbox", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(outbox_svc, "emitting", lost)
     committed: list = []
     with pytest.raises(OperationalError):
         bus.handle(deps, "matomete.purchase", [over_the_wire(_purchase())], {}, now=AT, on_commit=committed.extend)

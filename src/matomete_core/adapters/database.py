@@ -11,19 +11,20 @@ import hashlib
 import json
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Mapping
 
+from psycopg.rows import namedtuple_row
 from sqlalchemy import (
-    BindParameter, ColumnElement, Connection, Engine, Row, Table, TextClause, any_, bindparam, create_engine, event,
-    insert, select, text)
+    BindParameter, ColumnElement, Connection, Dialect, Engine, Executable, Select, Table, TextClause, any_, bindparam,
+    create_engine, event, insert, select, text)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from matomete_core.adapters.tables import lines
 
-__all__ = ["make_engine", "commit_empty", "insert_ignore", "insert_rows", "list_param", "among", "upsert", "lock_line",
-           "lock_order", "lock_keys", "is_transient", "share_month", "seize_month", "try_close_lock",
-           "release_close_lock"]
+__all__ = ["make_engine", "commit_empty", "pipelined", "insert_ignore", "insert_rows", "inserting", "list_param",
+           "among", "upsert", "lock_line", "locking_line", "lock_order", "lock_keys", "locking_keys", "is_transient",
+           "share_month", "seize_month", "try_close_lock", "release_close_lock"]
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -62,6 +63,61 @@ def commit_empty(engine: Engine) -> int | None:
 _TAKE_XID = text("SELECT pg_current_xact_id()")
 
 
+def pipelined(conn: Connection, *statements: tuple[Executable, Any]) -> list[list[Any]]:
+    """Run ``statements`` (each with its parameters: a dict; elsewhere than PostgreSQL also a list of
+    dicts, an executemany) in order, in ``conn``'s transaction, and return the rows of each (an empty
+    list for a statement that returns none).
+
+    On PostgreSQL they go in one round trip (psycopg's pipeline mode), straight to psycopg: a
+    decision waits for the server once for its lock and the reads under it, not once for each, and
+    skips SQLAlchemy's execution path, which cost more CPU than the statements' own round trips
+    (six small reads: 0.4–0.5 ms of client CPU pipelined, 1.0–1.1 ms one by one). The server still
+    runs each statement on its own, in order, each with its own snapshot at READ COMMITTED: a read
+    sent after a lock sees what the lock's previous holder committed. If one fails, the rest are
+    not run and the error is raised as SQLAlchemy would raise it (a lost connection invalidates
+    ``conn``), so ``is_transient`` and rollback treat it alike. Rows are named tuples, without
+    SQLAlchemy's result processing: for statements whose columns psycopg returns as they are.
+    Elsewhere, one after another through SQLAlchemy."""
+    if conn.dialect.name != "postgresql" or not statements:  # an empty pipeline still waits for its sync
+        return [_rows(conn.execute(stmt, params)) for stmt, params in statements]
+    raw = conn.connection.driver_connection
+    cursors = []
+    try:
+        with raw.pipeline():
+            for stmt, params in statements:
+                sql, processors = _for_psycopg(stmt, conn.dialect)
+                cursor = raw.cursor(row_factory=namedtuple_row)
+                cursor.execute(sql.string, _bound(sql, processors, params))
+                cursors.append(cursor)
+        return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
+    except conn.dialect.loaded_dbapi.Error as exc:
+        lost = conn.dialect.is_disconnect(exc, raw, None)
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(None, None, exc, conn.dialect.loaded_dbapi.Error, connection_invalidated=lost,
+                                  dialect=conn.dialect) from exc
+
+
+def _rows(result) -> list[Any]:  # noqa: ANN001
+    return result.all() if result.returns_rows else []
+
+
+@lru_cache(maxsize=128)
+def _for_psycopg(stmt: Executable, dialect: Dialect):  # noqa: ANN202 — built once per statement: a hot path
+    compiled = stmt.compile(dialect=dialect)
+    processors = {name: process for bind, name in compiled.bind_names.items()
+                  if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None}
+    return compiled, processors
+
+
+def _bound(compiled, processors: dict[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:  # noqa: ANN001
+    values = compiled.construct_params(dict(params))
+    for name, process in processors.items():
+        if values.get(name) is not None:
+            values[name] = process(values[name])
+    return values
+
+
 @lru_cache(maxsize=64)
 def _insert_ignore(dialect_name: str, table):  # noqa: ANN001, ANN202 — built once per table: a hot path
     dialect = postgresql if dialect_name == "postgresql" else sqlite
@@ -82,8 +138,12 @@ def _line_row(locking: bool):  # noqa: ANN202
 
 def lock_line(conn: Connection, customer_id: str):  # noqa: ANN201
     """Lock the line row for this transaction and return it (None if unknown)."""
-    stmt = _line_row(conn.dialect.name == "postgresql")
-    return conn.execute(stmt, {"customer_id": customer_id}).mappings().first()
+    return conn.execute(*locking_line(conn.dialect.name, customer_id)).mappings().first()
+
+
+def locking_line(dialect_name: str, customer_id: str) -> tuple[Select, dict[str, str]]:
+    """lock_line's statement, to run with the reads it protects (``pipelined``)."""
+    return _line_row(dialect_name == "postgresql"), {"customer_id": customer_id}
 
 
 def lock_order(conn: Connection, provider_id: str, order_id: str, *, share_month: str | None = None) -> None:
@@ -102,13 +162,21 @@ def lock_order(conn: Connection, provider_id: str, order_id: str, *, share_month
 def lock_keys(conn: Connection, *, orders: list[tuple[str, str]], shared_months: set[str]) -> None:
     """lock_order for many orders and share_month for many months, in one statement and in a fixed
     order (by key), so that two batches taking overlapping sets cannot deadlock."""
-    if conn.dialect.name != "postgresql":
-        return
+    pipelined(conn, *locking_keys(conn.dialect.name, orders=orders, shared_months=shared_months))
+
+
+def locking_keys(dialect_name: str, *, orders: list[tuple[str, str]],
+                 shared_months: set[str]) -> list[tuple[TextClause, dict[str, Any]]]:
+    """lock_keys' statement, to run with others (``pipelined``); none but on PostgreSQL."""
+    if dialect_name != "postgresql":
+        return []
     exclusive = sorted({_order_key(p, o) for p, o in orders})
     shared = sorted({_month_key(m) for m in shared_months})
-    conn.execute(text("SELECT (SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:x AS bigint[])) AS k),"
-                      " (SELECT count(pg_advisory_xact_lock_shared(k)) FROM unnest(CAST(:s AS bigint[])) AS k)"),
-                 {"x": exclusive, "s": shared})
+    return [(_LOCK_KEYS, {"x": exclusive, "s": shared})]
+
+
+_LOCK_KEYS = text("SELECT (SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:x AS bigint[])) AS k) AS orders,"
+                  " (SELECT count(pg_advisory_xact_lock_shared(k)) FROM unnest(CAST(:s AS bigint[])) AS k) AS months")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -134,9 +202,16 @@ def upsert(conn: Connection, table, rows: list[dict[str, Any]], keys: list[str],
 
 
 def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]],
-                returning: tuple[str, ...] = ()) -> list[Row]:
+                returning: tuple[str, ...] = ()) -> list[Any]:
     """INSERT ``rows`` (dicts with the same keys) in one statement; the ``returning`` columns of
-    the rows inserted, in no particular order.
+    the rows inserted, in no particular order."""
+    done = pipelined(conn, *inserting(conn.dialect.name, table, rows, returning))
+    return done[0] if done else []
+
+
+def inserting(dialect_name: str, table: Table, rows: list[dict[str, Any]],
+              returning: tuple[str, ...] = ()) -> list[tuple[Executable, Any]]:
+    """insert_rows' statement, to run with others (``pipelined``); none for no rows.
 
     On PostgreSQL the rows travel as one JSON document (``json_populate_recordset``): the same short
     statement for any number of rows, with one parameter, which psycopg encodes at the speed of
@@ -146,13 +221,11 @@ def insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]],
     if not rows:
         return []
     columns = tuple(rows[0])
-    if conn.dialect.name == "postgresql":
-        result = conn.execute(_rows_from_json(table, columns, returning),
-                              {"rows": json.dumps(rows, default=_iso, ensure_ascii=False)})
-    else:
-        stmt = insert(table)
-        result = conn.execute(stmt.returning(*[table.c[c] for c in returning]) if returning else stmt, rows)
-    return result.all() if returning else []
+    if dialect_name == "postgresql":
+        return [(_rows_from_json(table, columns, returning),
+                 {"rows": json.dumps(rows, default=_iso, ensure_ascii=False)})]
+    stmt = insert(table)
+    return [(stmt.returning(*[table.c[c] for c in returning]) if returning else stmt, rows)]
 
 
 @lru_cache(maxsize=64)

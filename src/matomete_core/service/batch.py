@@ -28,9 +28,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import (
-    BindParameter, Connection, Select, bindparam, func, literal, literal_column, select, text, true, tuple_, union_all)
+    BindParameter, Connection, Select, bindparam, func, literal, literal_column, select, text, true, union_all)
 
-from matomete_core.adapters.database import among, insert_rows, is_transient, list_param, lock_keys
+from matomete_core.adapters.database import (
+    among, inserting, insert_rows, is_transient, list_param, locking_keys, pipelined)
 from matomete_core.adapters.tables import (
     billing_months, charges, contents, held_cancels, inbox, line_billing, lines, passport_ids, providers, purchases)
 from matomete_core.calendar import add_months, billing_month
@@ -147,8 +148,8 @@ def _decide_run(deps: Deps, items: list[_Item], now: datetime, on_commit: OnComm
 # planner prices the batch's lookups (a few hundred index probes, under a millisecond) high enough
 # to gather them from parallel workers, whose start-up alone took ~13 ms a batch (EXPLAIN ANALYZE,
 # 200,000 purchases preloaded) and made a decision 21 % dearer than on small tables.
-_PLAN_FOR_THE_BATCH = text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true),"
-                           " set_config('max_parallel_workers_per_gather', '0', true)")
+_PLAN_FOR_THE_BATCH = text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true) AS plans,"
+                           " set_config('max_parallel_workers_per_gather', '0', true) AS workers")
 
 
 @lru_cache(maxsize=2)
@@ -188,8 +189,12 @@ def _reads(arrays: bool) -> dict[str, Select]:
         "providers": select(providers.c.provider_id, providers.c.signing_secrets)
         .where(providers.c.active, among(providers.c.provider_id, providers_)),
         "facts": facts,
-        "contents": select(contents).where(tuple_(c.provider_id, c.content_id).in_(bindparam("contents", expanding=True))),
-        "lines": select(lines).where(among(lines.c.customer_id, customers)).order_by(lines.c.customer_id),
+        # the providers' contents of the ids named: a pair not asked about is not looked up
+        "contents": select(contents).where(among(c.provider_id, providers_),
+                                           among(c.content_id, listed("content_ids", c.content_id))),
+        # FOR UPDATE, in a fixed order (SQLite renders no FOR UPDATE: its transactions are serial)
+        "lines": select(lines).where(among(lines.c.customer_id, customers)).order_by(lines.c.customer_id)
+        .with_for_update(),
         "holders": select(passport_ids).where(among(pid.passport_id, passports)),
         "accounts": select(lb.customer_id, lb.from_month, lb.billing_account)
         .where(among(lb.customer_id, customers)).order_by(lb.from_month),
@@ -234,29 +239,21 @@ class _Decider:
         self.pg = conn.dialect.name == "postgresql"
 
     def run(self) -> None:
-        if self.pg:
-            self.conn.execute(_PLAN_FOR_THE_BATCH)
-        self._authenticate()
+        content_of = self._authenticate()
         if not self.items:
             return
         for item in self.items:
             item.start = billing_month(item.msg.occurred_at)
-        self._lock_orders_and_months()
-        facts = self._facts()
+        facts = self._lock_orders_and_read_facts()
         taken, held, customer_of = facts["taken"], facts["held"], dict(facts["customer"])
         redelivered = facts["seen"]
         self.items = [i for i in self.items if (i.msg.provider_id, i.msg.message_id) not in redelivered]
         if not self.items:
             return
-        content_of = self._contents()
-        self._place_in_open_months({month for month, _ in facts["shut"]})
+        later = self._place_in_open_months({month for month, _ in facts["shut"]})
         for item in self.items:
             item.customer_id = customer_of.get(item.msg.passport_id)
-        line_of = self._lock_lines()
-        holder_row = self._holders()
-        account = self._accounts()
-        usage = self._usage()
-        subs, charged = self._subscriptions(content_of)
+        line_of, holder_row, account, usage, subs, charged = self._lock_lines_and_read(later, content_of)
         accepted: list[tuple[_Item, Content, str]] = []
         for item in self.items:
             msg = item.msg
@@ -308,41 +305,42 @@ class _Decider:
 
     # ---- locks and reads --------------------------------------------------------------------
 
-    def _authenticate(self) -> None:
+    def _authenticate(self) -> dict[tuple[str, str], Content]:
         """Keep the items of a known, active provider that signed them; the others are quarantined
-        on the one-message path (deferred)."""
-        rows = self.conn.execute(_reads(self.pg)["providers"], {"providers": list({i.msg.provider_id for i in self.items})})
-        secrets = {pid: self.box.open(sealed) for pid, sealed in rows}
+        on the one-message path (deferred). Returns the contents the items name."""
+        reads, providers_ = _reads(self.pg), list({i.msg.provider_id for i in self.items})
+        *_, signers, offered = pipelined(
+            self.conn, *([(_PLAN_FOR_THE_BATCH, {})] if self.pg else []),
+            (reads["providers"], {"providers": providers_}),
+            (reads["contents"], {"providers": providers_, "content_ids": list({i.msg.content_id for i in self.items})}))
+        secrets = {pid: self.box.open(sealed) for pid, sealed in signers}
         for item in self.items:
             known = secrets.get(item.msg.provider_id)
             item.deferred = known is None or not signature_matches(item.body, known)
         self.items = [i for i in self.items if not i.deferred]
+        return {(r.provider_id, r.content_id): Content(r.provider_id, r.content_id, r.name, r.price_type,
+                                                       r.unit_price, r.term_months) for r in offered}
 
-    def _lock_orders_and_months(self) -> None:
-        lock_keys(self.conn, orders=[(i.msg.provider_id, i.msg.order_id) for i in self.items],
-                  shared_months={i.start for i in self.items})
-
-    def _facts(self) -> dict[str, set[tuple[str, str]]]:
+    def _lock_orders_and_read_facts(self) -> dict[str, set[tuple[str, str]]]:
+        """Lock the orders and share the months, then read what those locks protect — one round trip."""
+        locks = locking_keys(self.conn.dialect.name, orders=[(i.msg.provider_id, i.msg.order_id) for i in self.items],
+                             shared_months={i.start for i in self.items})
+        *_, rows = pipelined(self.conn, *locks, (_reads(self.pg)["facts"], {
+            # one each per item, in step: the (provider, order) and (provider, message id) pairs
+            "providers": [i.msg.provider_id for i in self.items],
+            "orders": [i.msg.order_id for i in self.items],
+            "ids": [i.msg.message_id for i in self.items],
+            "passports": list({i.msg.passport_id for i in self.items}),
+            "first": min(i.start for i in self.items)}))
         out: dict[str, set[tuple[str, str]]] = {"taken": set(), "held": set(), "seen": set(), "customer": set(),
                                                 "shut": set()}
-        for kind, key, value in self.conn.execute(_reads(self.pg)["facts"], {
-                # one each per item, in step: the (provider, order) and (provider, message id) pairs
-                "providers": [i.msg.provider_id for i in self.items],
-                "orders": [i.msg.order_id for i in self.items],
-                "ids": [i.msg.message_id for i in self.items],
-                "passports": list({i.msg.passport_id for i in self.items}),
-                "first": min(i.start for i in self.items)}):
+        for kind, key, value in rows:
             out[kind].add((key, value))
         return out
 
-    def _contents(self) -> dict[tuple[str, str], Content]:
-        wanted = list({(i.msg.provider_id, i.msg.content_id) for i in self.items})
-        return {(r.provider_id, r.content_id): Content(r.provider_id, r.content_id, r.name, r.price_type,
-                                                       r.unit_price, r.term_months)
-                for r in self.conn.execute(_reads(self.pg)["contents"], {"contents": wanted})} if wanted else {}
-
-    def _place_in_open_months(self, shut: set[str]) -> None:
-        """Each item's billing month: its own, or the first open one after it (a late charge)."""
+    def _place_in_open_months(self, shut: set[str]) -> set[str]:
+        """Each item's billing month: its own, or the first open one after it (a late charge).
+        Returns the later months, which the batch must share too."""
         later = set()
         for item in self.items:
             month = item.start
@@ -351,57 +349,53 @@ class _Decider:
             item.month = month
             if month != item.start:
                 later.add(month)
-        if later:
-            lock_keys(self.conn, orders=[], shared_months=later)
+        return later
 
-    def _lock_lines(self) -> dict[str, Any]:
-        wanted = sorted({i.customer_id for i in self.items if i.customer_id is not None})
-        stmt = _reads(self.pg)["lines"].with_for_update() if self.pg else _reads(self.pg)["lines"]
-        return {r.customer_id: r for r in self.conn.execute(stmt, {"customers": wanted})} if wanted else {}
-
-    def _holders(self) -> dict[str, Any]:
-        wanted = list({i.msg.passport_id for i in self.items if i.customer_id is not None})
-        return {r.passport_id: r for r in self.conn.execute(_reads(self.pg)["holders"], {"passports": wanted})} \
-            if wanted else {}
-
-    def _accounts(self) -> dict[tuple[str | None, str], str]:
-        """Each line's billing account in each month the batch bills: the latest change effective by then."""
-        wanted = list({i.customer_id for i in self.items if i.customer_id is not None})
-        rows = self.conn.execute(_reads(self.pg)["accounts"], {"customers": wanted}).all() if wanted else []
+    def _lock_lines_and_read(self, later: set[str], content_of: dict) -> tuple:
+        """Share the later months, lock the batch's lines (in order), and read what the line locks
+        protect — one round trip: each line and Passport ID, each line's billing accounts, its usage
+        in each month the batch bills, and the monthly-flat subscriptions and charges."""
+        items = [i for i in self.items if i.customer_id is not None]
+        if not items:
+            return {}, {}, {}, {}, {}, set()
+        customers = sorted({i.customer_id for i in items})
+        months = sorted({i.month for i in items})
+        keys = list({billing.dedupe_key(i.msg.passport_id, i.msg.provider_id, i.msg.content_id) for i in items
+                     if getattr(content_of.get((i.msg.provider_id, i.msg.content_id)), "price_type", None)
+                     == MONTHLY_FLAT})
+        reads = _reads(self.pg)
+        locks = locking_keys(self.conn.dialect.name, orders=[], shared_months=later) if later else []
+        monthly = [(reads["subscriptions"], {"keys": keys}),
+                   (reads["charged"], {"keys": keys, "months": list({i.start for i in items})})] if keys else []
+        done = pipelined(self.conn, *locks,
+                         (reads["lines"], {"customers": customers}),
+                         (reads["holders"], {"passports": list({i.msg.passport_id for i in items})}),
+                         (reads["accounts"], {"customers": customers}),
+                         *[(reads["usage"], {"month": month, "customers": sorted({
+                             i.customer_id for i in items if i.month == month})}) for month in months],
+                         *monthly)[len(locks):]
+        line_rows, holder_rows, account_rows, usage_rows = done[0], done[1], done[2], done[3:3 + len(months)]
+        line_of = {r.customer_id: r for r in line_rows}
+        holder_row = {r.passport_id: r for r in holder_rows}
         changes: dict[str, list[tuple[str, str]]] = {}  # line → (from month, account), oldest first
-        for customer_id, from_month, account in rows:
-            changes.setdefault(customer_id, []).append((from_month, account))
-        out: dict[tuple[str | None, str], str] = {}
-        for item in self.items:
-            for from_month, account in changes.get(item.customer_id, []):
+        for customer_id, from_month, account_ in account_rows:
+            changes.setdefault(customer_id, []).append((from_month, account_))
+        account: dict[tuple[str | None, str], str] = {}  # each line's account in each month it bills: the latest change by then
+        for item in items:
+            for from_month, account_ in changes.get(item.customer_id, []):
                 if from_month <= item.month:
-                    out[(item.customer_id, item.month)] = account
-        return out
-
-    def _usage(self) -> dict[tuple[str, str], dict[str, int]]:
-        """(month, line) → usage per Passport ID of the line, for every line and month of the batch."""
-        out: dict[tuple[str, str], dict[str, int]] = {}
-        for month in {i.month for i in self.items}:
-            wanted = sorted({i.customer_id for i in self.items if i.month == month and i.customer_id is not None})
-            if wanted:
-                for customer_id, passport_id, amount in self.conn.execute(_reads(self.pg)["usage"],
-                                                                          {"month": month, "customers": wanted}):
-                    out.setdefault((month, customer_id), {})[passport_id] = int(amount)
-        return out
-
-    def _subscriptions(self, content_of: dict) -> tuple[dict[str, list], set[tuple[str, str]]]:
-        """For the batch's monthly-flat keys (Passport ID, provider, content): their subscriptions as
-        (start, last, cancelled_at), and the service months already charged."""
-        keys = {billing.dedupe_key(i.msg.passport_id, i.msg.provider_id, i.msg.content_id) for i in self.items
-                if getattr(content_of.get((i.msg.provider_id, i.msg.content_id)), "price_type", None) == MONTHLY_FLAT}
-        if not keys:
-            return {}, set()
-        subs: dict[str, list] = {}
-        for key, start, last, cancelled in self.conn.execute(_reads(self.pg)["subscriptions"], {"keys": list(keys)}):
-            subs.setdefault(key, []).append((start, last, cancelled))
-        charged = {tuple(r) for r in self.conn.execute(_reads(self.pg)["charged"], {
-            "keys": list(keys), "months": list({i.start for i in self.items})})}
-        return subs, charged
+                    account[(item.customer_id, item.month)] = account_
+        usage: dict[tuple[str, str], dict[str, int]] = {}  # (month, line) → usage per Passport ID of the line
+        for month, rows in zip(months, usage_rows):
+            for customer_id, passport_id, amount in rows:
+                usage.setdefault((month, customer_id), {})[passport_id] = int(amount)
+        subs: dict[str, list] = {}  # monthly-flat key → its subscriptions as (start, last, cancelled_at)
+        charged: set[tuple[str, str]] = set()  # (key, service month) already charged
+        if keys:
+            for key, start, last, cancelled in done[-2]:
+                subs.setdefault(key, []).append((start, last, cancelled))
+            charged = {(key, month) for key, month in done[-1]}
+        return line_of, holder_row, account, usage, subs, charged
 
     def _holder(self, item: _Item, line_of: dict, holder_row: dict) -> Holder | None:
         if item.customer_id is None:
@@ -434,13 +428,13 @@ class _Decider:
                 row, record = charge(purchase, number, account, service_month, item.month)
                 rows.append(row)
                 events.append((outbox.BILLING_RECORDS, record))
-        insert_rows(conn, charges, rows)
         decided = [i for i in self.items if i.decision is not None and not i.deferred]
-        insert_rows(conn, inbox, [
-            {"sender": i.msg.provider_id, "message_id": i.msg.message_id, "task": i.msg.task,
-             "content_hash": content_hash(i.body), "order_id": i.msg.order_id, "received_at": now,
-             "decision": i.decision.model_dump(mode="json")} for i in decided])
         events += [(outbox.provider_results(i.msg.provider_id),
                     DecisionEvent(event_id=outbox.new_event_id(), **i.decision.model_dump())) for i in decided]
-        outbox.emit_many(conn, events, now=now)
+        name = conn.dialect.name
+        pipelined(conn, *inserting(name, charges, rows), *inserting(name, inbox, [
+            {"sender": i.msg.provider_id, "message_id": i.msg.message_id, "task": i.msg.task,
+             "content_hash": content_hash(i.body), "order_id": i.msg.order_id, "received_at": now,
+             "decision": i.decision.model_dump(mode="json")} for i in decided]),
+            *outbox.emitting(name, events, now=now))
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, Update, bindparam, select, update
 
 from matomete_core.adapters.database import insert_ignore
 from matomete_core.adapters.tables import inbox
@@ -54,4 +54,9 @@ _RECORD = update(inbox).where(inbox.c.id == bindparam("inbox_id")).values(decisi
 
 
 def record(conn: Connection, inbox_id: int, decision: Decision) -> None:
-    conn.execute(_RECORD, {"inbox_id": inbox_id, "decision": decision.model_dump(mode="json")})
+    conn.execute(*recording(inbox_id, decision))
+
+
+def recording(inbox_id: int, decision: Decision) -> tuple[Update, dict[str, Any]]:
+    """record's statement, to run with others in the same transaction (``database.pipelined``)."""
+    return _RECORD, {"inbox_id": inbox_id, "decision": decision.model_dump(mode="json")}

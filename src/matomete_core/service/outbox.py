@@ -16,9 +16,9 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel
-from sqlalchemy import Connection, Engine, delete, exists, literal, select
+from sqlalchemy import Connection, Engine, Executable, delete, exists, literal, select
 
-from matomete_core.adapters.database import insert_rows
+from matomete_core.adapters.database import inserting, pipelined
 from matomete_core.adapters.tables import charges, invoices, outbox, purchases
 from matomete_core.messages import ChargeRecord
 
@@ -60,14 +60,17 @@ def emit(conn: Connection, queue: str, event: BaseModel, *, now: datetime) -> No
 
 
 def emit_many(conn: Connection, rows: list[tuple[str, BaseModel]], *, now: datetime) -> None:
-    if not rows:
-        return
+    pipelined(conn, *emitting(conn.dialect.name, rows, now=now))
+
+
+def emitting(dialect_name: str, rows: list[tuple[str, BaseModel]], *, now: datetime) -> list[tuple[Executable, Any]]:
+    """emit_many's statement, to run with others in the same transaction (``database.pipelined``)."""
     written = [Written(e.event_id, q, e.model_dump_json()) for q, e in rows]
-    insert_rows(conn, outbox, [{"event_id": w.event_id, "queue": w.queue, "body": w.body, "created_at": now}
-                               for w in written])
     tracked = _tracked.get()
     if tracked is not None:
         tracked.extend(written)
+    return inserting(dialect_name, outbox, [{"event_id": w.event_id, "queue": w.queue, "body": w.body,
+                                             "created_at": now} for w in written])
 
 
 # ---- batches: one row, many messages, built as the relay goes --------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import Connection, Select, and_, bindparam, delete, exists, insert, literal, select, update
 
-from matomete_core.adapters.database import insert_ignore, lock_line, lock_order, share_month
+from matomete_core.adapters.database import insert_ignore, lock_line, lock_order, pipelined, share_month
 from matomete_core.adapters.tables import (
     billing_months, charges, contents, held_cancels, inbox, line_billing, passport_ids, purchases)
 from matomete_core import logcontext
@@ -38,8 +38,8 @@ def _event(decision: Decision) -> DecisionEvent:
 def _finish(conn: Connection, provider_id: str, inbox_id: int, decision: Decision, now: datetime,
             events: list[tuple[str, BaseModel]] | None = None) -> Decision:
     """Record the decision in the inbox, and queue its outbound events and the decision itself."""
-    inbox_svc.record(conn, inbox_id, decision)
-    outbox.emit_many(conn, [*(events or []), (outbox.provider_results(provider_id), _event(decision))], now=now)
+    pipelined(conn, inbox_svc.recording(inbox_id, decision), *outbox.emitting(
+        conn.dialect.name, [*(events or []), (outbox.provider_results(provider_id), _event(decision))], now=now))
     return decision
 
 
