@@ -23,8 +23,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from matomete_core.adapters.tables import lines
 
 __all__ = ["make_engine", "commit_empty", "pipelined", "insert_ignore", "insert_rows", "inserting", "list_param",
-           "among", "upsert", "lock_line", "locking_line", "lock_order", "lock_keys", "locking_keys", "is_transient",
-           "share_month", "seize_month", "try_close_lock", "release_close_lock"]
+           "among", "upsert", "lock_line", "locking_line", "lock_order", "locking_order", "lock_keys", "locking_keys",
+           "is_transient", "share_month", "seize_month", "try_close_lock", "release_close_lock"]
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -85,7 +85,7 @@ def pipelined(conn: Connection, *statements: tuple[Executable, Any]) -> list[lis
     try:
         with raw.pipeline():
             for stmt, params in statements:
-                sql, processors = _for_psycopg(stmt, conn.dialect)
+                sql, processors = _for_psycopg(stmt, conn.dialect, tuple(params) if stmt.is_dml else ())
                 cursor = raw.cursor(row_factory=namedtuple_row)
                 cursor.execute(sql.string, _bound(sql, processors, params))
                 cursors.append(cursor)
@@ -103,8 +103,10 @@ def _rows(result) -> list[Any]:  # noqa: ANN001
 
 
 @lru_cache(maxsize=128)
-def _for_psycopg(stmt: Executable, dialect: Dialect):  # noqa: ANN202 — built once per statement: a hot path
-    compiled = stmt.compile(dialect=dialect)
+def _for_psycopg(stmt: Executable, dialect: Dialect, columns: tuple[str, ...]):  # noqa: ANN202 — built once: a hot path
+    """The statement compiled for psycopg — an INSERT or UPDATE for the ``columns`` given, as
+    SQLAlchemy compiles it for its parameters, so that a column not given keeps its default."""
+    compiled = stmt.compile(dialect=dialect, column_keys=list(columns) or None)
     processors = {name: process for bind, name in compiled.bind_names.items()
                   if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None}
     return compiled, processors
@@ -126,8 +128,8 @@ def _insert_ignore(dialect_name: str, table):  # noqa: ANN001, ANN202 — built 
 
 def insert_ignore(conn: Connection, table, **values: Any):  # noqa: ANN001
     """INSERT … ON CONFLICT DO NOTHING; returns the inserted primary key, or None on conflict."""
-    row = conn.execute(_insert_ignore(conn.dialect.name, table), values).first()
-    return None if row is None else row[0]
+    [rows] = pipelined(conn, (_insert_ignore(conn.dialect.name, table), values))
+    return rows[0][0] if rows else None
 
 
 @lru_cache(maxsize=2)
@@ -149,14 +151,22 @@ def locking_line(dialect_name: str, customer_id: str) -> tuple[Select, dict[str,
 def lock_order(conn: Connection, provider_id: str, order_id: str, *, share_month: str | None = None) -> None:
     """Serialize the purchase and the cancels of one provider order, known yet or not; with
     ``share_month``, also hold that month shared (see share_month) — one round trip for both."""
-    if conn.dialect.name != "postgresql":
-        return
+    pipelined(conn, *locking_order(conn.dialect.name, provider_id, order_id, share_month=share_month))
+
+
+def locking_order(dialect_name: str, provider_id: str, order_id: str, *,
+                  share_month: str | None = None) -> list[tuple[TextClause, dict[str, int]]]:
+    """lock_order's statement, to run with the reads it protects (``pipelined``); none but on PostgreSQL."""
+    if dialect_name != "postgresql":
+        return []
     order = _order_key(provider_id, order_id)
     if share_month is None:
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": order})
-    else:
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k), pg_advisory_xact_lock_shared(:m)"),
-                     {"k": order, "m": _month_key(share_month)})
+        return [(_LOCK_ORDER, {"k": order})]
+    return [(_LOCK_ORDER_AND_MONTH, {"k": order, "m": _month_key(share_month)})]
+
+
+_LOCK_ORDER = text("SELECT pg_advisory_xact_lock(:k) AS ordered")
+_LOCK_ORDER_AND_MONTH = text("SELECT pg_advisory_xact_lock(:k) AS ordered, pg_advisory_xact_lock_shared(:m) AS shared")
 
 
 def lock_keys(conn: Connection, *, orders: list[tuple[str, str]], shared_months: set[str]) -> None:

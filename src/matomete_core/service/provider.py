@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import Connection, Select, and_, bindparam, delete, exists, insert, literal, select, update
 
-from matomete_core.adapters.database import insert_ignore, lock_line, lock_order, pipelined, share_month
+from matomete_core.adapters.database import (
+    insert_ignore, lock_line, lock_order, locking_line, locking_order, pipelined, share_month)
 from matomete_core.adapters.tables import (
     billing_months, charges, contents, held_cancels, inbox, line_billing, passport_ids, purchases)
 from matomete_core import logcontext
@@ -54,9 +55,10 @@ def _billing_account(customer_id, month) -> Select:  # noqa: ANN001 — values o
 
 
 # ---- purchase ----------------------------------------------------------------------------------
-# The hot path. After the inbox claim it takes one statement for both locks, one for everything the
-# order lock protects, one to lock the line, one for the Passport ID as it stands under that lock,
-# one for usage — each built once (``_prepared``) — then the writes.
+# The hot path. After the inbox claim, one round trip (database.pipelined) takes the order's lock and
+# the month's and reads everything the order lock protects; one locks the line and reads the
+# Passport ID and the line's usage as they stand under that lock — each built once (``_prepared``);
+# then the purchase, its charge, and the inbox record with the outbox rows.
 
 def handle_purchase(conn: Connection, msg: Purchase, body: dict, now: datetime) -> Decision:
     claim = inbox_svc.claim(conn, sender=msg.provider_id, message_id=msg.message_id, task=msg.task,
@@ -64,10 +66,10 @@ def handle_purchase(conn: Connection, msg: Purchase, body: dict, now: datetime) 
     if claim.replay is not None:
         return claim.replay
     start = billing_month(msg.occurred_at)
-    lock_order(conn, msg.provider_id, msg.order_id, share_month=start)
-    order = conn.execute(_prepared()["order"], {"provider_id": msg.provider_id, "order_id": msg.order_id,
-                                                "content_id": msg.content_id, "passport_id": msg.passport_id,
-                                                "month": start}).one()
+    *_, [order] = pipelined(conn, *locking_order(conn.dialect.name, msg.provider_id, msg.order_id, share_month=start),
+                            (_prepared()["order"], {"provider_id": msg.provider_id, "order_id": msg.order_id,
+                                                    "content_id": msg.content_id, "passport_id": msg.passport_id,
+                                                    "month": start}))
     decision, number, events = _decide_purchase(conn, msg, order, start, now)
     _finish(conn, msg.provider_id, claim.inbox_id, decision, now, events)
     if order.held:
@@ -109,7 +111,7 @@ def _decide_purchase(conn: Connection, msg: Purchase, order, start: str,  # noqa
     if order.month_shut:
         month = first_open_month(conn, start)
         share_month(conn, month)
-    holder, account = _load_holder(conn, msg.passport_id, order.customer_id, month)
+    holder, account, by_passport = _load_holder(conn, msg.passport_id, order.customer_id, month)
     plan: list[str] = []
 
     def usage() -> Usage:
@@ -127,7 +129,6 @@ def _decide_purchase(conn: Connection, msg: Purchase, order, start: str,  # noqa
                 added += content.unit_price  # the first open month's own renewal comes due too
         else:
             subscribed, added = None, content.unit_price * msg.quantity
-        by_passport = billing.line_usage(conn, month, holder.customer_id)
         return Usage(already_subscribed=subscribed is not None, passport_usage=by_passport.get(msg.passport_id, 0),
                      line_usage=sum(by_passport.values()), added=added)
 
@@ -142,18 +143,20 @@ def _decide_purchase(conn: Connection, msg: Purchase, order, start: str,  # noqa
 
 
 def _load_holder(conn: Connection, passport_id: str, customer_id: str | None,
-                 month: str) -> tuple[Holder | None, str | None]:
-    """The Passport ID and its line, read under the line's lock; and the line's billing account."""
+                 month: str) -> tuple[Holder | None, str | None, dict[str, int]]:
+    """The Passport ID and its line, read under the line's lock; the line's billing account; and the
+    line's usage in ``month`` per Passport ID."""
     if customer_id is None:
-        return None, None
+        return None, None, {}
     logcontext.bind(customer_id=customer_id)
-    line = lock_line(conn, customer_id)
-    pid = conn.execute(_prepared()["holder"], {"passport_id": passport_id, "month": month}).one()
+    [line], [pid], usage = pipelined(conn, locking_line(conn.dialect.name, customer_id),
+                                     (_prepared()["holder"], {"passport_id": passport_id, "month": month}),
+                                     billing.reading_line_usage(month, customer_id))
     holder = Holder(passport_id=passport_id, customer_id=customer_id, status=pid.status,
                     deleted=pid.deleted_at is not None, restricted=pid.restricted, limit=pid.limit,
-                    access_service=line["access_service"], line_terminated=line["terminated_at"] is not None,
-                    line_restricted=line["restricted"], line_limit=line["line_limit"])
-    return holder, pid.billing_account
+                    access_service=line.access_service, line_terminated=line.terminated_at is not None,
+                    line_restricted=line.restricted, line_limit=line.line_limit)
+    return holder, pid.billing_account, billing.per_passport(usage)
 
 
 _NEW_PURCHASE = insert(purchases).returning(purchases.c.application_number)
@@ -190,7 +193,7 @@ def charge(purchase: dict[str, Any], number: int, account: str, service_month: s
 def _accept(conn: Connection, msg: Purchase, content: Content, holder: Holder, account: str, start: str,
             month: str, plan: list[str]) -> tuple[int, list[tuple[str, BaseModel]]]:
     purchase = purchase_row(msg, content, holder.customer_id, start)
-    number = conn.execute(_NEW_PURCHASE, purchase).scalar_one()
+    [[(number,)]] = pipelined(conn, (_NEW_PURCHASE, purchase))
     events: list[tuple[str, BaseModel]] = []
     for service_month in (plan if content.price_type == MONTHLY_FLAT else [start]):
         row, record = charge(purchase, number, account, service_month, month)
