@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import nullcontext
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Mapping
 
+from psycopg.pq import TransactionStatus
 from psycopg.rows import namedtuple_row
 from sqlalchemy import (
     BindParameter, ColumnElement, Connection, Dialect, Engine, Executable, Select, Table, TextClause, any_, bindparam,
@@ -83,7 +85,8 @@ def pipelined(conn: Connection, *statements: tuple[Executable, Any]) -> list[lis
     raw = conn.connection.driver_connection
     cursors = []
     try:
-        with raw.pipeline():
+        # one statement inside a transaction is one round trip as it is: no pipeline to set up and sync
+        with raw.pipeline() if len(statements) > 1 or raw.info.transaction_status != _IN_TRANSACTION else nullcontext():
             for stmt, params in statements:
                 sql, processors = _for_psycopg(stmt, conn.dialect, tuple(params) if stmt.is_dml else ())
                 cursor = raw.cursor(row_factory=namedtuple_row)
@@ -96,6 +99,9 @@ def pipelined(conn: Connection, *statements: tuple[Executable, Any]) -> list[lis
             conn.invalidate(exc)
         raise DBAPIError.instance(None, None, exc, conn.dialect.loaded_dbapi.Error, connection_invalidated=lost,
                                   dialect=conn.dialect) from exc
+
+
+_IN_TRANSACTION = TransactionStatus.INTRANS
 
 
 def _rows(result) -> list[Any]:  # noqa: ANN001
