@@ -380,7 +380,8 @@ class _Decider:
         changes: dict[str, list[tuple[str, str]]] = {}  # line → (from month, account), oldest first
         for customer_id, from_month, account_ in account_rows:
             changes.setdefault(customer_id, []).append((from_month, account_))
-        account: dict[tuple[str | None, str], str] = {}  # each line's account in each month it bills: the latest change by then
+        # each line's account in each month it bills: the latest change effective by then
+        account: dict[tuple[str | None, str], str] = {}
         for item in items:
             for from_month, account_ in changes.get(item.customer_id, []):
                 if from_month <= item.month:
