@@ -84,6 +84,18 @@ def test_a_lost_connection_is_transient_and_the_next_transaction_reconnects(engi
         assert pipelined(conn, (_SHUT, {})) == [[]]
 
 
+def test_work_sent_first_on_a_connection_is_committed_by_its_commit(engine):
+    """As SQLAlchemy's own execute would: the pipeline begins the transaction SQLAlchemy commits
+    ("commit as you go"), so the work is neither lost to the pool's rollback nor left open."""
+    with engine.connect() as conn:
+        pipelined(conn, *inserting(conn.dialect.name, billing_months, [{"month": "2026-08", "status": "closed",
+                                                                        "closing_at": AT}]))
+        assert conn.in_transaction()
+        conn.commit()
+    with engine.connect() as conn:
+        assert [r.month for r in conn.execute(_SHUT)] == ["2026-08"]
+
+
 def test_on_sqlite_the_statements_run_one_after_another_with_the_same_rows(tmp_path):
     url = f"sqlite:///{tmp_path / 'pipelined.db'}"
     upgrade(url)

@@ -82,6 +82,8 @@ def pipelined(conn: Connection, *statements: tuple[Executable, Any]) -> list[lis
     they are. Elsewhere, one after another through SQLAlchemy."""
     if conn.dialect.name != "postgresql" or not statements:  # an empty pipeline still waits for its sync
         return [_rows(conn.execute(stmt, params)) for stmt, params in statements]
+    if not conn.in_transaction():  # as SQLAlchemy's autobegin: the caller's conn.commit() commits this work
+        conn.begin()
     raw = conn.connection.driver_connection
     cursors = []
     try:
