@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timezone
 
 import pytest
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from matomete_core.adapters.database import inserting, is_transient, locking_line, make_engine, pipelined
@@ -94,6 +94,15 @@ def test_work_sent_first_on_a_connection_is_committed_by_its_commit(engine):
         conn.commit()
     with engine.connect() as conn:
         assert [r.month for r in conn.execute(_SHUT)] == ["2026-08"]
+
+
+def test_an_insert_that_would_need_a_python_side_default_is_refused(engine):
+    """SQLAlchemy fills such a default in the execution path pipelined skips: refused rather than
+    written as NULL."""
+    table = Table("stamped", MetaData(), Column("id", Integer, primary_key=True), Column("note", String(10)),
+                  Column("kind", String(10), default="plain"))
+    with engine.begin() as conn, pytest.raises(TypeError, match="kind"):
+        pipelined(conn, (table.insert(), {"id": 1, "note": "x"}))
 
 
 def test_on_sqlite_the_statements_run_one_after_another_with_the_same_rows(tmp_path):

@@ -79,7 +79,8 @@ def pipelined(conn: Connection, *statements: tuple[Executable, Any]) -> list[lis
     fails, the rest are not run and the error is raised as SQLAlchemy would raise it (a lost
     connection invalidates ``conn``), so ``is_transient`` and rollback treat it alike. Rows are named
     tuples, without SQLAlchemy's result processing: for statements whose columns psycopg returns as
-    they are. Elsewhere, one after another through SQLAlchemy."""
+    they are. Each statement is compiled once and kept: pass statements built once, not anew for
+    each call. Elsewhere, one after another through SQLAlchemy."""
     if conn.dialect.name != "postgresql" or not statements:  # an empty pipeline still waits for its sync
         return [_rows(conn.execute(stmt, params)) for stmt, params in statements]
     if not conn.in_transaction():  # as SQLAlchemy's autobegin: the caller's conn.commit() commits this work
@@ -114,7 +115,13 @@ def _rows(result) -> list[Any]:  # noqa: ANN001
 @lru_cache(maxsize=128)
 def _for_psycopg(stmt: Executable, dialect: Dialect, columns: tuple[str, ...]):  # noqa: ANN202 — built once: a hot path
     """The statement compiled for psycopg — an INSERT or UPDATE for the ``columns`` given, as
-    SQLAlchemy compiles it for its parameters, so that a column not given keeps its default."""
+    SQLAlchemy compiles it for its parameters, so that a column not given keeps its server default.
+    A Python-side default SQLAlchemy would fill in its execution path, which this one skips: refused."""
+    if stmt.is_dml:
+        unfilled = [c.key for c in stmt.table.columns if c.key not in columns and any(
+            d is not None and (d.is_scalar or d.is_callable) for d in (c.default, c.onupdate))]
+        if unfilled:
+            raise TypeError(f"pipelined does not apply Python-side defaults: give {', '.join(unfilled)}")
     compiled = stmt.compile(dialect=dialect, column_keys=list(columns) or None)
     processors = {name: process for bind, name in compiled.bind_names.items()
                   if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None}
