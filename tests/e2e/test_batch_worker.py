@@ -10,6 +10,7 @@ import os
 import signal
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis
 
@@ -39,19 +40,24 @@ def system(tmp_path_factory):  # noqa: ANN001, ANN201
 
 
 def test_a_batch_worker_killed_with_messages_in_hand_decides_each_once_after_they_come_back(system):
-    # given: a stream of purchases on a batch worker that is SIGKILLed while it works through them
+    # given: a stream of purchases on a batch worker that is SIGKILLed while it works through them —
+    # while another transaction holds their line, so that its batches are in hand when it dies (a
+    # batch worker that keeps up with the sender would otherwise hold none at the moment it dies)
     messages = [purchase_message(system, provider_id="PB", passport_id=KILL_PASSPORT, content_id="coin")
                 for _ in range(300)]
     broker = redis.Redis.from_url(system.env["MATOMETE_BROKER_URL"])
-    results = [system.client.send_task("matomete.purchase", args=[m], queue="provider-events") for m in messages]
-    wait_until(lambda: broker.hlen("unacked") > 0, timeout=10, interval=0.001, message="a batch in hand")
-    batch_processes = deciding(system.processes["batch-worker"].pid)
-    system.processes["batch-worker"].send_signal(signal.SIGKILL)
-    system.processes["batch-worker"].wait(10)
-    wait_until(lambda: not any(alive(pid) for pid in batch_processes), timeout=10,
-               message="its batch processes to die with it")
-    in_hand = broker.hlen("unacked")
-    assert in_hand > 0  # it died holding unacknowledged messages
+    with psycopg.connect(system.env["MATOMETE_DATABASE_URL"].replace("postgresql+psycopg", "postgresql")) as db:
+        db.execute("SELECT 1 FROM lines WHERE customer_id = %s FOR UPDATE", (KILL_LINE,))
+        results = [system.client.send_task("matomete.purchase", args=[m], queue="provider-events") for m in messages]
+        wait_until(lambda: broker.hlen("unacked") > 0, timeout=10, interval=0.001, message="a batch in hand")
+        batch_processes = deciding(system.processes["batch-worker"].pid)
+        system.processes["batch-worker"].send_signal(signal.SIGKILL)
+        system.processes["batch-worker"].wait(10)
+        wait_until(lambda: not any(alive(pid) for pid in batch_processes), timeout=10,
+                   message="its batch processes to die with it")
+        in_hand = broker.hlen("unacked")
+        assert in_hand > 0  # it died holding unacknowledged messages
+    # (the line is free again: the dead processes' transactions, still waiting for it, roll back)
     # when: it is started again (its visibility sweep hands back what the dead one held)
     _start(system, "batch-worker", "batch-worker", "--loglevel=INFO", "--size=50", "--concurrency=2")
     decisions = [r.get(timeout=VISIBILITY_TIMEOUT_S + 60) for r in results]

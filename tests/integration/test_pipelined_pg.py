@@ -20,6 +20,8 @@ pytestmark = pytest.mark.integration
 _RESTRICTED = select(lines.c.customer_id, lines.c.restricted).where(lines.c.customer_id == bindparam("customer_id"))
 AT = datetime(2026, 10, 1, tzinfo=timezone.utc)
 _SHUT = select(billing_months.c.month).order_by(billing_months.c.month)
+AUGUST, SEPTEMBER = ({"month": "2026-08", "status": "closed", "closing_at": AT},
+                     {"month": "2026-09", "status": "closing", "closing_at": AT})
 
 
 @pytest.fixture
@@ -60,8 +62,7 @@ def test_a_read_sent_with_a_lock_sees_what_the_locks_previous_holder_committed(e
 
 def test_pipelined_statements_return_the_rows_of_each_in_order(engine):
     with engine.begin() as conn:
-        done = pipelined(conn, *inserting(conn.dialect.name, billing_months, [
-            {"month": "2026-08", "status": "closed", "closing_at": AT}, {"month": "2026-09", "status": "closing", "closing_at": AT}]),
+        done = pipelined(conn, *inserting(conn.dialect.name, billing_months, [AUGUST, SEPTEMBER]),
                          (_SHUT, {}), (_RESTRICTED, {"customer_id": "nobody"}))
     assert done[0] == [] and [r.month for r in done[1]] == ["2026-08", "2026-09"] and done[2] == []
 
@@ -69,8 +70,8 @@ def test_pipelined_statements_return_the_rows_of_each_in_order(engine):
 def test_a_failed_statement_raises_as_sqlalchemy_would_and_the_transaction_rolls_back(engine):
     with pytest.raises(IntegrityError):
         with engine.begin() as conn:
-            pipelined(conn, *inserting(conn.dialect.name, billing_months, [{"month": "2026-08", "status": "closed", "closing_at": AT}]),
-                      *inserting(conn.dialect.name, billing_months, [{"month": "2026-08", "status": "closed", "closing_at": AT}]))
+            pipelined(conn, *inserting(conn.dialect.name, billing_months, [AUGUST]),
+                      *inserting(conn.dialect.name, billing_months, [AUGUST]))
     with engine.connect() as conn:
         assert conn.execute(_SHUT).all() == []
 
@@ -88,8 +89,7 @@ def test_work_sent_first_on_a_connection_is_committed_by_its_commit(engine):
     """As SQLAlchemy's own execute would: the pipeline begins the transaction SQLAlchemy commits
     ("commit as you go"), so the work is neither lost to the pool's rollback nor left open."""
     with engine.connect() as conn:
-        pipelined(conn, *inserting(conn.dialect.name, billing_months, [{"month": "2026-08", "status": "closed",
-                                                                        "closing_at": AT}]))
+        pipelined(conn, *inserting(conn.dialect.name, billing_months, [AUGUST]))
         assert conn.in_transaction()
         conn.commit()
     with engine.connect() as conn:
@@ -110,6 +110,5 @@ def test_on_sqlite_the_statements_run_one_after_another_with_the_same_rows(tmp_p
     upgrade(url)
     engine = make_engine(url)
     with engine.begin() as conn:
-        done = pipelined(conn, *inserting(conn.dialect.name, billing_months, [
-            {"month": "2026-08", "status": "closed", "closing_at": AT}, {"month": "2026-09", "status": "closing", "closing_at": AT}]), (_SHUT, {}))
+        done = pipelined(conn, *inserting(conn.dialect.name, billing_months, [AUGUST, SEPTEMBER]), (_SHUT, {}))
     assert done[0] == [] and [r.month for r in done[1]] == ["2026-08", "2026-09"]

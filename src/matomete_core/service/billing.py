@@ -17,7 +17,7 @@ from matomete_core.adapters.database import among
 from matomete_core.adapters.tables import charges, purchases
 from matomete_core.rules.purchase import MONTHLY_FLAT
 
-__all__ = ["month_lines", "usage", "line_usage", "reading_line_usage", "per_passport", "dedupe_key"]
+__all__ = ["month_lines", "usage", "reading_line_usage", "per_passport", "dedupe_key"]
 
 
 def dedupe_key(passport_id: str, provider_id: str, content_id: str) -> str:
@@ -93,13 +93,9 @@ def _usage_by_passport() -> Select:
     return select(lines.c.passport_id, func.sum(lines.c.amount)).group_by(lines.c.passport_id)
 
 
-def line_usage(conn: Connection, month: str, customer_id: str) -> dict[str, int]:
-    """Usage of an open month per Passport ID of the line, in one query; the line's is the sum."""
-    return per_passport(conn.execute(*reading_line_usage(month, customer_id)))
-
-
 def reading_line_usage(month: str, customer_id: str) -> tuple[Select, dict[str, str]]:
-    """line_usage's statement, to run with the line's lock (``database.pipelined``); its rows give
+    """Usage of an open month per Passport ID of the line, in one query — the line's is the sum:
+    the statement, to run with the line's lock (``database.pipelined``), and its rows give
     ``per_passport``."""
     return _usage_by_passport(), {"month": month, "customer_id": customer_id}
 
