@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from matomete_core.adapters.tables import lines
 
 __all__ = ["make_engine", "commit_empty", "pipelined", "insert_ignore", "insert_rows", "inserting", "list_param",
-           "among", "upsert", "lock_line", "locking_line", "lock_order", "locking_order", "lock_keys", "locking_keys",
+           "among", "upsert", "lock_line", "locking_line", "lock_order", "locking_order", "locking_keys",
            "is_transient", "share_month", "seize_month", "try_close_lock", "release_close_lock"]
 
 
@@ -185,15 +185,11 @@ _LOCK_ORDER = text("SELECT pg_advisory_xact_lock(:k) AS ordered")
 _LOCK_ORDER_AND_MONTH = text("SELECT pg_advisory_xact_lock(:k) AS ordered, pg_advisory_xact_lock_shared(:m) AS shared")
 
 
-def lock_keys(conn: Connection, *, orders: list[tuple[str, str]], shared_months: set[str]) -> None:
-    """lock_order for many orders and share_month for many months, in one statement and in a fixed
-    order (by key), so that two batches taking overlapping sets cannot deadlock."""
-    pipelined(conn, *locking_keys(conn.dialect.name, orders=orders, shared_months=shared_months))
-
-
 def locking_keys(dialect_name: str, *, orders: list[tuple[str, str]],
                  shared_months: set[str]) -> list[tuple[TextClause, dict[str, Any]]]:
-    """lock_keys' statement, to run with others (``pipelined``); none but on PostgreSQL."""
+    """lock_order for many orders and share_month for many months, in one statement and in a fixed
+    order (by key), so that two batches taking overlapping sets cannot deadlock: the statement, to
+    run with the reads those locks protect (``pipelined``); none but on PostgreSQL."""
     if dialect_name != "postgresql":
         return []
     exclusive = sorted({_order_key(p, o) for p, o in orders})
