@@ -1,8 +1,9 @@
 """The Celery app: broker, queues, routes, reliability settings and the beat schedule.
 
-Reliability: tasks are acknowledged late (after the decision has committed) and rejected back to
-the queue when a worker process dies mid-task; a message a worker took but never acknowledged
-comes back after the Redis visibility timeout. Task time limits stay below that timeout so a
+Reliability: a message is taken off its queue and recorded as unacknowledged in one atomic step
+(workers/transport.py); tasks are acknowledged late (after the decision has committed) and
+rejected back to the queue when a worker process dies mid-task; a message a worker took but never
+acknowledged comes back after the Redis visibility timeout. Task time limits stay below that timeout so a
 slow task is never delivered twice while it still runs.
 
 Everything time-bound follows from one setting, ``MATOMETE_VISIBILITY_TIMEOUT`` = V seconds
@@ -93,6 +94,7 @@ def create_app(settings: Settings) -> Celery:
                                   "unacked_mutex_expire": t.restore_mutex_expire},
         result_backend_transport_options={"visibility_timeout": t.visibility_timeout},
         broker_connection_retry_on_startup=True,
+        broker_transport="workers.transport:Transport",  # takes a message and records it in one step
         worker_consumer="workers.consumer:Consumer",  # rides out a kombu error on a lost connection
         task_queues=[Queue(q, routing_key=q) for q in (*INBOUND_QUEUES, HOUSEKEEPING_QUEUE)],
         task_routes={name: {"queue": queue} for name, queue in ROUTES.items()},

@@ -6,11 +6,11 @@ same outcome for the sender: the decision stored as the task's result in the res
 is the plumbing — one round trip to take up to ``size`` messages, one transaction to decide them,
 one pipeline to store their results, one to acknowledge them:
 
-* take: a Lua script pops the messages and, in the same atomic step, records each one in kombu's
-  ``unacked`` hash and ``unacked_index`` exactly as kombu does for a consumer — so if this process
+* take: the workers' Lua script (workers.transport.TAKE) pops the messages and, in the same atomic
+  step, records each one in kombu's ``unacked`` hash and ``unacked_index`` — so if this process
   dies, any worker's visibility sweep (kombu's ``restore_visible``, which this loop runs too) puts
   them back on the queue after the visibility timeout. A body with no delivery tag (no Celery client
-  sends one) cannot be restored that way: the same step moves it to a held list, which it leaves
+  sends one) cannot be restored that way: the same step moves it to the held list, which it leaves
   only once quarantined — by this process, or by any process's next sweep if this one dies first;
 * decide (service.batch.decide_batch), commit;
 * store every result, then acknowledge every message. Killed in between: the messages come back
@@ -50,43 +50,11 @@ from matomete_core.service.quarantine import quarantine_message, readable
 from workers import metrics
 from workers.app import TIMINGS, app
 from workers.tasks import MAX_ATTEMPTS, MAX_DELIVERIES, deps, publish_quietly
+from workers.transport import HELD, TAKE, UNACKED, UNACKED_INDEX, take_reply
 
 log = logging.getLogger(__name__)
 
 QUEUE = "provider-events"
-UNACKED, UNACKED_INDEX = "unacked", "unacked_index"  # kombu's Redis transport keys (its defaults)
-HELD = "matomete:batch:held"  # bodies taken with no delivery tag, until they are quarantined
-
-# KEYS: queue, unacked, unacked_index, held; ARGV: how many, now. Pops like kombu's BRPOP (oldest
-# first) and records each message as kombu's QoS.append does: [payload, exchange, routing_key] by
-# tag. A body with no string delivery tag has nothing to be acknowledged or restored by: it goes to
-# the held list instead, in the same atomic step, until it is quarantined. Returns raw, tag pairs
-# (tag '' for a held body), so that the worker acknowledges exactly what was recorded.
-_TAKE = """
-local out = {}
-for i = 1, tonumber(ARGV[1]) do
-  local raw = redis.call('RPOP', KEYS[1])
-  if not raw then break end
-  local ok, m = pcall(cjson.decode, raw)
-  local props = ok and type(m) == 'table' and m['properties']
-  local tag = type(props) == 'table' and props['delivery_tag']
-  if type(tag) == 'string' and tag ~= '' then
-    local di = props['delivery_info']
-    if type(di) ~= 'table' then di = {} end
-    local exchange, key = di['exchange'], di['routing_key']
-    if type(exchange) ~= 'string' then exchange = '' end
-    if type(key) ~= 'string' then key = KEYS[1] end
-    redis.call('ZADD', KEYS[3], ARGV[2], tag)
-    redis.call('HSET', KEYS[2], tag, '[' .. raw .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(key) .. ']')
-  else
-    tag = ''
-    redis.call('RPUSH', KEYS[4], raw)
-  end
-  table.insert(out, raw)
-  table.insert(out, tag)
-end
-return out
-"""
 
 
 @dataclass
@@ -110,7 +78,7 @@ def _text(value: Any) -> str:
 
 def decode(raw: bytes, tag: str | None) -> Taken:
     """A kombu message carrying a Celery protocol-2 task, JSON-serialized; ``tag`` is the delivery
-    tag it was recorded by when taken (None: it was held, see _TAKE)."""
+    tag it was recorded by when taken (None: it was held, see workers.transport.TAKE)."""
     taken = Taken(raw, tag)
     try:
         payload = json.loads(raw)
@@ -141,7 +109,7 @@ class BatchWorker:
         self.progress = progress  # called as the loop goes round and as a batch retries (workers.batch_pool)
         self.deps = deps_ or deps()
         self.redis = redis.Redis.from_url(self.deps.settings.broker_url)
-        self.take_script = self.redis.register_script(_TAKE)
+        self.take_script = self.redis.register_script(TAKE)
         self.backend = backend or app.backend  # Celery's result backend: results as a task's
         self.stopping = False
         self._sweep_at = 0.0
@@ -182,8 +150,8 @@ class BatchWorker:
         self.stopping = True  # finish the batch in hand, then return
 
     def take(self) -> list[Taken]:
-        out = self.take_script(keys=[QUEUE, UNACKED, UNACKED_INDEX, HELD], args=[self.size, time.time()])
-        return [decode(raw, tag.decode() or None) for raw, tag in zip(out[::2], out[1::2])]
+        out = self.take_script(keys=[UNACKED, UNACKED_INDEX, HELD, QUEUE], args=[self.size, time.time()])
+        return [decode(raw, tag) for _queue, raw, tag in take_reply(out)]
 
     def process(self, taken: list[Taken]) -> None:
         """Decide, store the results, acknowledge; a transient error keeps the batch and retries."""

@@ -32,14 +32,14 @@ result when it has a task id, and then acknowledged. If the quarantine cannot be
 database is away), Celery's own handling follows: logged, and dropped — such a message can be no
 decision, and holding it unacknowledged would hold one of the consumer's prefetch slots for good.
 
-A Redis list entry that is not even a kombu message (not JSON, or JSON without kombu's envelope)
-made kombu raise while reading the queue, before Celery saw a message: "Unrecoverable error", and
-the worker stopped — one stray ``LPUSH`` stopped each worker that took it. Here such an error from
-kombu's read is quarantined ``INVALID_MESSAGE`` (the entry as kombu read it, when the error
-still holds it; if the quarantine cannot be written, only logged) and made a connection error: the
-consumer reconnects, handing the messages it had prefetched back to the queue, and carries on. An
-error raised while Celery handles a message kombu did read is not one of these. The batch worker
-quarantines such entries too.
+A Redis list entry that is not even a kombu message (not JSON, or JSON without kombu's envelope,
+or with no delivery tag) is taken like any other (workers.transport) and raised as ``Unreadable``
+before Celery sees it. Here it is quarantined ``INVALID_MESSAGE`` and discarded from Redis, and
+the error becomes a connection error: the consumer reconnects, handing the messages it had
+prefetched back to the queue, and carries on. If the quarantine cannot be written, the entry stays
+where the take put it: one with a delivery tag in ``unacked``, for the visibility sweep to put
+back; one without in the held list, which this consumer sweeps every few seconds as the batch
+worker does.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ from matomete_core.adapters.database import make_engine
 from matomete_core.config import Settings
 from matomete_core.reasons import Quarantine
 from matomete_core.service.quarantine import quarantine_message, readable
+from workers.app import TIMINGS
+from workers.transport import HELD, NO_TAG, Unreadable
 
 __all__ = ["Consumer"]
 
@@ -69,6 +71,7 @@ class Consumer(CeleryConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.loop = _past_unreadable_entries(self.loop, self)
+        self.timer.call_repeatedly(TIMINGS.restore_interval, set_aside_held, (self,))
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
         try:
@@ -104,46 +107,37 @@ class Consumer(CeleryConsumer):
 
 
 def _past_unreadable_entries(loop: Callable[..., Any], consumer: Consumer) -> Callable[..., Any]:
-    """Celery's event loop, except that an entry kombu cannot read as a message is set aside, and
-    the consumer reconnects (see above)."""
+    """Celery's event loop, except that an entry that is no kombu message is set aside, and the
+    consumer reconnects (see above)."""
 
     @wraps(loop)
     def run(*args: Any) -> Any:
         try:
             return loop(*args)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            entry = _entry_being_read(exc)
-            if entry is _NOT_READING:
-                raise
-            detail = f"a queue entry that is no kombu message: {type(exc).__name__}"
-            log.error("%s; set aside, reconnecting", detail)
-            if entry is not None:
-                set_aside(consumer.app.backend, _engine(), _Unreadable(entry), detail)
-            raise ConnectionError(detail) from exc
+        except Unreadable as exc:
+            log.error("%s; set aside, reconnecting", exc.detail)
+            if set_aside(consumer.app.backend, _engine(), _Unreadable(exc.raw), exc.detail):
+                exc.discard()
+            raise ConnectionError(exc.detail) from exc
 
     return run
 
 
-_NOT_READING = object()
-
-
-def _entry_being_read(exc: BaseException) -> Any:
-    """The raw entry kombu's Redis transport was reading when it raised ``exc`` (None if it no
-    longer holds it), or _NOT_READING if the error came from elsewhere — Celery's handling of a
-    message kombu did read among it."""
-    tb, found = exc.__traceback__, _NOT_READING
-    while tb is not None:
-        frame, module = tb.tb_frame, tb.tb_frame.f_globals.get("__name__", "")
-        if frame.f_code.co_name == "_brpop_read" and module == "kombu.transport.redis":
-            found = frame.f_locals.get("item")
-        elif found is not _NOT_READING and module.startswith(("celery.", "workers.")):
-            return _NOT_READING  # raised while Celery handled a message kombu read
-        tb = tb.tb_next
-    return found
+def set_aside_held(consumer: Consumer) -> None:
+    """Quarantine the bodies left in the held list: their taker died, or could not quarantine them."""
+    if consumer.connection is None:  # not connected yet
+        return
+    try:
+        with consumer.connection.default_channel.conn_or_acquire() as client:
+            for raw in client.lrange(HELD, 0, 99):
+                if set_aside(consumer.app.backend, _engine(), _Unreadable(raw), NO_TAG):
+                    client.lrem(HELD, 1, raw)
+    except Exception as exc:  # noqa: BLE001 — the next sweep tries again
+        log.warning("could not sweep the held queue entries: %s: %s", type(exc).__name__, exc)
 
 
 class _Unreadable:
-    """An entry kombu could not read, as set_aside takes a message: no headers, its raw body."""
+    """An entry that is no kombu message, as set_aside takes a message: no headers, its raw body."""
 
     headers: dict = {}
 
@@ -203,6 +197,6 @@ def set_aside(backend: Any, engine: Engine, message: Any, detail: str) -> bool:
         if task_id is not None:
             backend.store_result(task_id, decision.model_dump(mode="json"), states.SUCCESS)
     except Exception:  # noqa: BLE001 — Celery's own handling follows
-        log.error("a message that is no task could not be quarantined; it is dropped", exc_info=True)
+        log.error("a message that is no task could not be quarantined", exc_info=True)
         return False
     return True
