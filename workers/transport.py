@@ -20,7 +20,9 @@ command waits on one list, so the channel waits on the queue it last took from, 
 then takes from every queue again: an idle worker meets a message on that queue at once, and one
 on its other queues within WAIT_S. Under load it takes without waiting.
 
-Not supported: kombu's ``global_keyprefix``, which this project does not set.
+Left as kombu has them: ``basic_get`` (``SimpleQueue.get``), which the workers do not use, and
+which still pops first and records after. Not supported: kombu's ``global_keyprefix``, which this
+project does not set.
 """
 
 from __future__ import annotations

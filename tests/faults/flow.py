@@ -94,24 +94,6 @@ class Flow:
         if self._error is not None:
             raise self._error
 
-    def settle(self, timeout: float, client: Celery | None = None) -> int:
-        """Wait for every decision; whatever never reached a worker is sent again, as CONTRACT.md
-        has a sender do when no result comes (same message_id: the inbox makes it safe). Redis can
-        lose a message a worker took and died with before kombu recorded it as unacknowledged —
-        the broker's at-least-once has this one hole, and the sender's re-send closes it.
-        Returns how many were re-sent."""
-        try:
-            self.wait_decided(timeout=timeout)
-            return 0
-        except AssertionError:
-            pass
-        seen = set(self.decisions())
-        lost = [m for m in self.messages if m["body"]["message_id"] not in seen]
-        for m in lost:
-            self.deployment.send(m["task"], "provider-events", m["body"], client=client)
-        self.wait_decided(timeout=timeout)
-        return len(lost)
-
     def sent_ids(self) -> list[str]:
         return list(self.sent_at)
 
