@@ -77,6 +77,13 @@ ROUTES = {
 }
 
 
+def transport_for(broker_url: str) -> str | None:
+    """The workers' transport, which takes a message and records it in one step, for a Redis URL;
+    None (kombu's own, by the URL's scheme) for any other — Sentinel, a Unix socket — which takes
+    without that guarantee."""
+    return "workers.transport:Transport" if broker_url.partition("://")[0] in ("redis", "rediss") else None
+
+
 def create_app(settings: Settings) -> Celery:
     app = Celery("matomete", broker=settings.broker_url, backend=settings.result_backend,
                  include=["workers.tasks", "workers.probe"],
@@ -94,7 +101,7 @@ def create_app(settings: Settings) -> Celery:
                                   "unacked_mutex_expire": t.restore_mutex_expire},
         result_backend_transport_options={"visibility_timeout": t.visibility_timeout},
         broker_connection_retry_on_startup=True,
-        broker_transport="workers.transport:Transport",  # takes a message and records it in one step
+        broker_transport=transport_for(settings.broker_url),
         worker_consumer="workers.consumer:Consumer",  # rides out a kombu error on a lost connection
         task_queues=[Queue(q, routing_key=q) for q in (*INBOUND_QUEUES, HOUSEKEEPING_QUEUE)],
         task_routes={name: {"queue": queue} for name, queue in ROUTES.items()},

@@ -91,3 +91,11 @@ def test_an_idle_channel_waits_without_taking_and_then_takes_from_any_of_its_que
 
 def _calls(r: redis.Redis, command: str) -> int:
     return r.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
+
+
+@pytest.mark.parametrize("url, ours", [("redis://localhost:6379/0", True), ("rediss://h:6380/0", True),
+                                       ("sentinel://h:26379", False), ("redis+socket:///tmp/redis.sock", False)])
+def test_a_redis_url_gets_the_atomic_take_and_any_other_kombu_s_own_transport(url, ours):
+    from workers.app import transport_for
+
+    assert (transport_for(url) == "workers.transport:Transport") is ours
