@@ -124,6 +124,16 @@ class Channel(kombu_redis.Channel):
         if self.global_keyprefix:
             raise ValueError("workers.transport does not support kombu's global_keyprefix")
 
+    def close(self) -> None:
+        """kombu's, except that an entry that is no kombu message, taken as the channel closes,
+        does not stop the close: it stays recorded, or held, for the sweeps."""
+        if self._in_poll:
+            try:
+                self._brpop_read()
+            except (Empty, Unreadable):
+                pass
+        super().close()
+
     def _brpop_start(self, timeout: float | None = None) -> None:
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:

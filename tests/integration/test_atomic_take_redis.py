@@ -99,3 +99,13 @@ def test_a_redis_url_gets_the_atomic_take_and_any_other_kombu_s_own_transport(ur
     from workers.app import transport_for
 
     assert (transport_for(url) == "workers.transport:Transport") is ours
+
+
+def test_an_entry_that_is_no_kombu_message_taken_as_the_channel_closes_stays_held(redis_url, r):
+    from workers.transport import HELD
+
+    r.lpush("provider-events", b"not a message")
+    conn, got = _consuming(redis_url, "provider-events")
+    conn.transport.cycle.on_poll_start()  # the take is in flight ...
+    conn.default_channel.close()          # ... as the worker shuts down
+    assert got == [] and r.lrange(HELD, 0, -1) == [b"not a message"]
