@@ -5,6 +5,7 @@ command: a worker killed, or a Redis shut down, between the two lost the message
 from __future__ import annotations
 
 import json
+import select
 
 import pytest
 import redis
@@ -46,8 +47,10 @@ def test_a_message_taken_is_recorded_unacknowledged_in_the_same_step(redis_url, 
     _sender(redis_url).send_task("matomete.purchase", args=[{"n": 1}], queue="provider-events")
     conn, got = _consuming(redis_url, "provider-events")
     channel = conn.default_channel
-    conn.transport.cycle.on_poll_start()  # the take is sent; the worker dies before it reads the reply
-    channel.client.connection.disconnect()
+    conn.transport.cycle.on_poll_start()  # the take is sent, Redis answers ...
+    sock = channel.client.connection._sock
+    assert select.select([sock], [], [], 5)[0], "no answer to the take"
+    channel.client.connection.disconnect()  # ... and the worker dies before it reads the answer
 
     assert got == [] and r.llen("provider-events") == 0
     [tag] = r.hkeys("unacked")
