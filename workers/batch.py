@@ -50,7 +50,7 @@ from matomete_core.service.quarantine import quarantine_message, readable
 from workers import metrics
 from workers.app import TIMINGS, app
 from workers.tasks import MAX_ATTEMPTS, MAX_DELIVERIES, deps, publish_quietly
-from workers.transport import HELD, TAKE, UNACKED, UNACKED_INDEX, take_reply
+from workers.transport import HELD, TAKE, UNACKED, UNACKED_INDEX, take_keys, take_reply
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class BatchWorker:
         self.stopping = True  # finish the batch in hand, then return
 
     def take(self) -> list[Taken]:
-        out = self.take_script(keys=[UNACKED, UNACKED_INDEX, HELD, QUEUE], args=[self.size, time.time()])
+        out = self.take_script(keys=take_keys([QUEUE]), args=[self.size, time.time()])
         return [decode(raw, tag) for _queue, raw, tag in take_reply(out)]
 
     def process(self, taken: list[Taken]) -> None:

@@ -76,9 +76,9 @@ return out
 """
 
 
-def take_args(queues: list[str], how_many: int, now: float) -> list:
-    """TAKE's arguments after its source: numkeys, KEYS, ARGV."""
-    return [3 + len(queues), UNACKED, UNACKED_INDEX, HELD, *queues, how_many, now]
+def take_keys(queues: list[str]) -> list[str]:
+    """TAKE's KEYS, to take from ``queues`` in that order."""
+    return [UNACKED, UNACKED_INDEX, HELD, *queues]
 
 
 def take_reply(reply: list) -> list[tuple[str, bytes, str | None]]:
@@ -146,7 +146,8 @@ class Channel(kombu_redis.Channel):
             key = self._last_queue if self._last_queue in keys else keys[0]
             connection.send_command("BLMOVE", key, key, "RIGHT", "RIGHT", WAIT_S)
         else:
-            connection.send_command("EVAL", TAKE, *take_args(keys, 1, time()))
+            keys = take_keys(keys)
+            connection.send_command("EVAL", TAKE, len(keys), *keys, 1, time())
 
     def _brpop_read(self, **options) -> bool:  # noqa: ANN003
         try:
