@@ -14,7 +14,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Mapping
 
-from psycopg.pq import TransactionStatus
+from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.rows import namedtuple_row
 from sqlalchemy import (
     BindParameter, ColumnElement, Connection, Dialect, Engine, Executable, Select, Table, TextClause, any_, bindparam,
@@ -96,7 +96,7 @@ def pipelined(conn: Connection, *statements: tuple[Executable, Any]) -> list[lis
                 cursor = raw.cursor(row_factory=namedtuple_row)
                 cursor.execute(sql.string, _bound(sql, processors, params))
                 cursors.append(cursor)
-        return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
+        return [cursor.fetchall() if _returns_rows(cursor) else [] for cursor in cursors]
     except conn.dialect.loaded_dbapi.Error as exc:
         lost = conn.dialect.is_disconnect(exc, raw, None)
         if lost:
@@ -106,6 +106,13 @@ def pipelined(conn: Connection, *statements: tuple[Executable, Any]) -> list[lis
 
 
 _IN_TRANSACTION = TransactionStatus.INTRANS
+
+
+def _returns_rows(cursor) -> bool:  # noqa: ANN001
+    """Whether the statement returned rows — from its result's status, as psycopg's ``description``
+    decides, without building the column objects it would for each call (a hot path)."""
+    result = cursor.pgresult
+    return result is not None and result.status == ExecStatus.TUPLES_OK
 
 
 def _rows(result) -> list[Any]:  # noqa: ANN001
