@@ -4,7 +4,9 @@ its queue and recorded as unacknowledged in one atomic step.
 kombu's own transport takes a message with BRPOP and then records it in the ``unacked`` hash with
 a second command (``QoS.append``). A worker killed between the two, or a Redis that shuts down
 between them, loses the message: it is on no queue and in no hash, and no sweep brings it back
-(kombu#305). CI saw it once: tests/faults/test_broker_restart.py, 1 of 240 purchases never decided.
+(kombu#305). tests/faults/test_killed_workers.py lost one purchase that way in 3 of 7 runs on
+kombu's transport, and CI once lost 1 of 240 in tests/faults/test_broker_restart.py, most likely
+the same way.
 
 Here TAKE, a Lua script, pops the message and records it in ``unacked`` and ``unacked_index``
 exactly as ``QoS.append`` would — both or neither. From then on kombu's machinery is unchanged:
