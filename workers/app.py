@@ -3,8 +3,8 @@
 Reliability: a message is taken off its queue and recorded as unacknowledged in one atomic step
 (workers/transport.py); tasks are acknowledged late (after the decision has committed) and
 rejected back to the queue when a worker process dies mid-task; a message a worker took but never
-acknowledged comes back after the Redis visibility timeout. Task time limits stay below that timeout so a
-slow task is never delivered twice while it still runs.
+acknowledged comes back after the Redis visibility timeout. Task time limits stay below that
+timeout so a slow task is never delivered twice while it still runs.
 
 Everything time-bound follows from one setting, ``MATOMETE_VISIBILITY_TIMEOUT`` = V seconds
 (default 90; see ``timings``):

@@ -116,7 +116,7 @@ def _past_unreadable_entries(loop: Callable[..., Any], consumer: Consumer) -> Ca
             return loop(*args)
         except Unreadable as exc:
             log.error("%s; set aside, reconnecting", exc.detail)
-            if set_aside(consumer.app.backend, _engine(), _Unreadable(exc.raw), exc.detail):
+            if set_aside(consumer.app.backend, _engine(), _RawEntry(exc.raw), exc.detail):
                 exc.discard()
             raise ConnectionError(exc.detail) from exc
 
@@ -130,13 +130,13 @@ def set_aside_held(consumer: Consumer) -> None:
     try:
         with consumer.connection.default_channel.conn_or_acquire() as client:
             for raw in client.lrange(HELD, 0, 99):
-                if set_aside(consumer.app.backend, _engine(), _Unreadable(raw), NO_TAG):
+                if set_aside(consumer.app.backend, _engine(), _RawEntry(raw), NO_TAG):
                     client.lrem(HELD, 1, raw)
     except Exception as exc:  # noqa: BLE001 — the next sweep tries again
         log.warning("could not sweep the held queue entries: %s: %s", type(exc).__name__, exc)
 
 
-class _Unreadable:
+class _RawEntry:
     """An entry that is no kombu message, as set_aside takes a message: no headers, its raw body."""
 
     headers: dict = {}
