@@ -29,12 +29,9 @@ held) for the sweep, and the loop goes on.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import signal
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -43,63 +40,17 @@ from celery import states
 from kombu import Connection as KombuConnection
 
 from matomete_core.adapters.database import is_transient
-from matomete_core.reasons import Quarantine
 from matomete_core.service import batch, bus
 from matomete_core.service.deps import Deps
-from matomete_core.service.quarantine import quarantine_message, readable
 from workers import metrics
 from workers.app import TIMINGS, app
+from workers.entries import Taken, decode, quarantine_entry
 from workers.tasks import MAX_ATTEMPTS, MAX_DELIVERIES, deps, publish_quietly
 from workers.transport import HELD, TAKE, UNACKED, UNACKED_INDEX, take_keys, take_reply
 
 log = logging.getLogger(__name__)
 
 QUEUE = "provider-events"
-
-
-@dataclass
-class Taken:
-    """One message as taken from the queue."""
-
-    raw: bytes
-    tag: str | None = None
-    task_id: str | None = None
-    task: str = ""
-    args: list | None = None
-    kwargs: dict | None = None
-    redelivered: bool = False
-    problem: str | None = None  # why it is not a task message we can decide
-    body: bytes | str | None = None  # the task's own body, once the envelope is read
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def decode(raw: bytes, tag: str | None) -> Taken:
-    """A kombu message carrying a Celery protocol-2 task, JSON-serialized; ``tag`` is the delivery
-    tag it was recorded by when taken (None: it was held, see workers.transport.TAKE)."""
-    taken = Taken(raw, tag)
-    try:
-        payload = json.loads(raw)
-        props, headers = payload["properties"], payload["headers"]
-        task_id, task = headers.get("id"), headers.get("task")
-        taken.task_id, taken.task = _text(task_id) or None, _text(task)
-        taken.redelivered = bool(headers.get("redelivered") or (props.get("delivery_info") or {}).get("redelivered"))
-        if payload.get("content-type") != "application/json":
-            taken.problem = f"content type {payload.get('content-type')!r}: JSON messages only"
-            return taken
-        body = payload["body"]
-        if props.get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        taken.body = body
-        args, kwargs, _embed = json.loads(body)
-        taken.args, taken.kwargs = list(args), dict(kwargs)
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
-        taken.problem = taken.problem or f"not a Celery protocol 2 task message: {type(exc).__name__}"
-    if tag is None and taken.problem is None:
-        taken.problem = "no delivery tag: not a message a Celery client sends"
-    return taken
 
 
 class BatchWorker:
@@ -245,12 +196,7 @@ class BatchWorker:
 
     def _set_aside(self, t: Taken) -> None:
         """Quarantine a body that is no task message we can decide."""
-        def quarantined(t: Taken) -> dict:
-            body = readable(t.raw if t.body is None else t.body)  # the task's own body: its secrets redacted
-            return quarantine_message(self.deps.engine, task=t.task or "unknown", reason=Quarantine.INVALID_MESSAGE,
-                                      detail=t.problem or "", body=body, now=_now()).model_dump(mode="json")
-
-        self._one_by_one(t, quarantined)
+        self._one_by_one(t, lambda t: quarantine_entry(self.deps.engine, t, now=_now()).model_dump(mode="json"))
 
     # ---- plumbing --------------------------------------------------------------------------------
 

@@ -34,12 +34,13 @@ decision, and holding it unacknowledged would hold one of the consumer's prefetc
 
 A Redis list entry that is not even a kombu message (not JSON, or JSON without kombu's envelope,
 or with no delivery tag) is taken like any other (workers.transport) and raised as ``Unreadable``
-before Celery sees it. Here it is quarantined ``INVALID_MESSAGE`` and discarded from Redis, and
-the error becomes a connection error: the consumer reconnects, handing the messages it had
-prefetched back to the queue, and carries on. If the quarantine cannot be written, the entry stays
-where the take put it: one with a delivery tag in ``unacked``, for the visibility sweep to put
-back; one without in the held list, which this consumer sweeps every few seconds as the batch
-worker does.
+before Celery sees it. Here it is quarantined ``INVALID_MESSAGE`` as the batch worker quarantines
+it (workers.entries: the same row, and the task's own body, redacted, when the envelope can be
+read), and discarded from Redis; and the error becomes a connection error: the consumer
+reconnects, handing the messages it had prefetched back to the queue, and carries on. If the
+quarantine cannot be written, the entry stays where the take put it: one with a delivery tag in
+``unacked``, for the visibility sweep to put back; one without in the held list, which this
+consumer sweeps every few seconds as the batch worker does.
 """
 
 from __future__ import annotations
@@ -57,10 +58,12 @@ from sqlalchemy.pool import NullPool
 
 from matomete_core.adapters.database import make_engine
 from matomete_core.config import Settings
+from matomete_core.messages import Decision
 from matomete_core.reasons import Quarantine
 from matomete_core.service.quarantine import quarantine_message, readable
 from workers.app import TIMINGS
-from workers.transport import HELD, NO_TAG, Unreadable
+from workers.entries import Taken, decode, quarantine_entry
+from workers.transport import HELD, Unreadable
 
 __all__ = ["Consumer"]
 
@@ -116,7 +119,7 @@ def _past_unreadable_entries(loop: Callable[..., Any], consumer: Consumer) -> Ca
             return loop(*args)
         except Unreadable as exc:
             log.error("%s; set aside, reconnecting", exc.detail)
-            if set_aside(consumer.app.backend, _engine(), _RawEntry(exc.raw), exc.detail):
+            if set_aside_entry(consumer.app.backend, _engine(), decode(exc.raw, exc.tag), exc.detail):
                 exc.discard()
             raise ConnectionError(exc.detail) from exc
 
@@ -130,19 +133,10 @@ def set_aside_held(consumer: Consumer) -> None:
     try:
         with consumer.connection.default_channel.conn_or_acquire() as client:
             for raw in client.lrange(HELD, 0, 99):
-                if set_aside(consumer.app.backend, _engine(), _RawEntry(raw), NO_TAG):
+                if set_aside_entry(consumer.app.backend, _engine(), decode(raw, None)):
                     client.lrem(HELD, 1, raw)
     except Exception as exc:  # noqa: BLE001 — the next sweep tries again
         log.warning("could not sweep the held queue entries: %s: %s", type(exc).__name__, exc)
-
-
-class _RawEntry:
-    """An entry that is no kombu message, as set_aside takes a message: no headers, its raw body."""
-
-    headers: dict = {}
-
-    def __init__(self, body: bytes | str):
-        self.body = body
 
 
 def _unless_channel_closed(settle: Callable[..., Any]) -> Callable[..., Any]:
@@ -189,11 +183,19 @@ def _header(message: Any, name: str) -> str | None:
 def set_aside(backend: Any, engine: Engine, message: Any, detail: str) -> bool:
     """Quarantine a message Celery cannot run, and store the decision as its task's result; False,
     with an error logged, if the quarantine could not be written."""
+    return _kept(backend, _header(message, "id"), lambda now: quarantine_message(
+        engine, task=_header(message, "task") or "unknown", reason=Quarantine.INVALID_MESSAGE, detail=detail,
+        body=readable(message.body), now=now))
+
+
+def set_aside_entry(backend: Any, engine: Engine, taken: Taken, detail: str | None = None) -> bool:
+    """set_aside for a queue entry that is no kombu message (workers.entries)."""
+    return _kept(backend, taken.task_id, lambda now: quarantine_entry(engine, taken, now=now, detail=detail))
+
+
+def _kept(backend: Any, task_id: str | None, quarantine: Callable[[datetime], Decision]) -> bool:
     try:
-        decision = quarantine_message(engine, task=_header(message, "task") or "unknown",
-                                      reason=Quarantine.INVALID_MESSAGE, detail=detail, body=readable(message.body),
-                                      now=datetime.now(timezone.utc))
-        task_id = _header(message, "id")
+        decision = quarantine(datetime.now(timezone.utc))
         if task_id is not None:
             backend.store_result(task_id, decision.model_dump(mode="json"), states.SUCCESS)
     except Exception:  # noqa: BLE001 — Celery's own handling follows

@@ -184,18 +184,18 @@ def test_a_task_message_quarantined_for_want_of_a_delivery_tag_is_kept_without_i
 
 
 def test_a_message_that_cannot_be_quarantined_yet_stays_for_the_sweep_and_the_loop_goes_on(setup, monkeypatch):
-    import workers.batch
+    import workers.entries
     from workers.batch import HELD
 
     worker, _client, r = setup
     r.lpush("provider-events", json.dumps(UNDECODABLE))
     r.lpush("provider-events", b"\xff no tag")
-    real = workers.batch.quarantine_message
-    monkeypatch.setattr(workers.batch, "quarantine_message", database_down)
+    real = workers.entries.quarantine_message
+    monkeypatch.setattr(workers.entries, "quarantine_message", database_down)
     worker.process(worker.take())  # the database is away: nothing raised, nothing lost
     assert quarantined(worker) == [] and r.hlen("unacked") == 1 and r.llen(HELD) == 1
 
-    monkeypatch.setattr(workers.batch, "quarantine_message", real)  # it is back
+    monkeypatch.setattr(workers.entries, "quarantine_message", real)  # it is back
     worker._sweep()  # the held body
     worker._kombu.default_channel.qos.restore_by_tag("t-2")  # the unacknowledged one, after the timeout
     worker.process(worker.take())

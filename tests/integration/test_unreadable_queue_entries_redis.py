@@ -15,6 +15,7 @@ from kombu import Connection
 
 from matomete_core.service.quarantine import list_quarantined
 from workers import consumer as consumer_module
+from workers import entries
 from workers.consumer import Consumer, _past_unreadable_entries, set_aside_held
 from workers.transport import HELD, Transport
 
@@ -24,8 +25,11 @@ UNDECODABLE_BODY = {"properties": {"delivery_tag": "t-1", "body_encoding": "base
 
 
 class _Backend:
-    def store_result(self, *_args: object) -> None:
-        raise AssertionError("an entry with no task id has no result to store")
+    def __init__(self) -> None:
+        self.stored: list[tuple] = []
+
+    def store_result(self, *args: object) -> None:
+        self.stored.append(args)
 
 
 def _consumer(monkeypatch, engine, redis_url: str) -> Consumer:  # noqa: ANN001
@@ -52,12 +56,14 @@ def _reading(redis_url: str, entry: bytes):  # noqa: ANN202
 def test_an_entry_that_is_no_kombu_message_is_set_aside_and_the_consumer_reconnects(redis_url, pg_deps, monkeypatch,
                                                                                   entry, kept_as):
     r = redis.Redis.from_url(redis_url)
-    loop = _past_unreadable_entries(_reading(redis_url, entry), _consumer(monkeypatch, pg_deps.engine, redis_url))
+    consumer = _consumer(monkeypatch, pg_deps.engine, redis_url)
+    loop = _past_unreadable_entries(_reading(redis_url, entry), consumer)
     with pytest.raises(ConnectionError, match="no kombu message|no delivery tag"):
         loop()
     [kept] = list_quarantined(pg_deps.engine)
     assert kept["reason"] == "INVALID_MESSAGE" and kept["task"] == "unknown"
     assert kept["message"] == kept_as
+    assert consumer.app.backend.stored == []  # no task id: no result to store
     assert r.llen("unreadable") == 0 and r.llen(HELD) == 0 and r.hlen("unacked") == 0  # discarded, once kept
 
 
@@ -67,7 +73,7 @@ def test_an_entry_that_cannot_be_set_aside_yet_stays_where_the_take_put_it(redis
     r.lpush("unreadable", json.dumps(UNDECODABLE_BODY))
     loop = _past_unreadable_entries(_reading(redis_url, b"\xff no tag"), consumer)
     with monkeypatch.context() as away:
-        away.setattr(consumer_module, "quarantine_message", _database_down)
+        away.setattr(entries, "quarantine_message", _database_down)
         for _ in range(2):
             with pytest.raises(ConnectionError):
                 loop()
@@ -95,3 +101,59 @@ def test_an_error_from_elsewhere_in_the_loop_is_left_as_it_was(monkeypatch, pg_d
     with pytest.raises(ValueError, match="the loop's own"):
         _past_unreadable_entries(loop, _consumer(monkeypatch, pg_deps.engine, redis_url))()
     assert list_quarantined(pg_deps.engine) == []
+
+
+def _tagless_task_message(redis_url: str) -> bytes:
+    """A purchase carrying secrets, as Celery would send it, less its delivery tag: what a
+    hand-written client might send."""
+    from celery import Celery
+
+    client = Celery("sender", broker=redis_url, set_as_current=False)
+    client.conf.update(task_serializer="json")
+    client.send_task("matomete.purchase", args=[{"message_id": "tagless-1", "signature": "ab" * 32,
+                                                 "access_key": "Sup3r-Secret"}], queue="tagless")
+    envelope = json.loads(redis.Redis.from_url(redis_url).rpop("tagless"))
+    del envelope["properties"]["delivery_tag"]
+    client.close()
+    return json.dumps(envelope).encode()
+
+
+def test_a_task_message_set_aside_for_want_of_a_delivery_tag_is_kept_without_its_secrets(redis_url, pg_deps,
+                                                                                          monkeypatch):
+    consumer = _consumer(monkeypatch, pg_deps.engine, redis_url)
+    with pytest.raises(ConnectionError):
+        _past_unreadable_entries(_reading(redis_url, _tagless_task_message(redis_url)), consumer)()
+    [kept] = list_quarantined(pg_deps.engine)
+    assert kept["task"] == "matomete.purchase"
+    [[body], _kwargs, _embed] = kept["message"]  # the task's own arguments, not the envelope carrying them as text
+    assert body["message_id"] == "tagless-1" and body["signature"] == "***" and body["access_key"] == "***"
+    assert "Sup3r-Secret" not in json.dumps(kept)
+    [(task_id, decision, _state)] = consumer.app.backend.stored  # the sender's AsyncResult gets the decision
+    assert decision["status"] == "quarantined"
+
+
+@pytest.mark.parametrize("entry", [b"\xff not json", b"{}", "tagless"])
+def test_a_held_entry_met_by_both_workers_sweeps_is_quarantined_once(redis_url, pg_deps, monkeypatch, entry):
+    """matomete worker's sweep quarantines the entry and is stopped before it removes it; the batch
+    worker's sweep meets it too: one quarantine row, and the entry gone."""
+    from dataclasses import replace
+
+    from workers.batch import BatchWorker
+
+    r = redis.Redis.from_url(redis_url)
+    raw = _tagless_task_message(redis_url) if entry == "tagless" else entry
+    r.rpush(HELD, raw)
+    consumer = _consumer(monkeypatch, pg_deps.engine, redis_url)
+    with monkeypatch.context() as stopped:
+        stopped.setattr(redis.Redis, "lrem", lambda *_a: (_ for _ in ()).throw(redis.ConnectionError("killed")))
+        set_aside_held(consumer)
+    assert len(list_quarantined(pg_deps.engine)) == 1 and r.llen(HELD) == 1
+
+    from celery import Celery
+
+    deps = replace(pg_deps, settings=replace(pg_deps.settings, broker_url=redis_url))
+    results = Celery("results", backend=redis_url, set_as_current=False)
+    BatchWorker(size=10, deps_=deps, backend=results.backend)._sweep()
+    results.close()
+
+    assert len(list_quarantined(pg_deps.engine)) == 1 and r.llen(HELD) == 0
