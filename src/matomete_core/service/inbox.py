@@ -20,9 +20,10 @@ from matomete_core.messages import Decision
 from matomete_core.security import canonical_bytes
 
 
-def content_hash(body: Mapping[str, Any]) -> str:
-    """Hash of the message's content, without its signature (which a secret rotation may change)."""
-    return hashlib.sha256(canonical_bytes(body)).hexdigest()
+def content_hash(body: Mapping[str, Any], *, canonical: bytes | None = None) -> str:
+    """Hash of the message's content, without its signature (which a secret rotation may change);
+    ``canonical``: the body's canonical_bytes, when the caller has them already."""
+    return hashlib.sha256(canonical_bytes(body) if canonical is None else canonical).hexdigest()
 
 
 class Conflict(Exception):
