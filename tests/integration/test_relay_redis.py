@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import redis
 from kombu import Connection
 from sqlalchemy import select
 
@@ -268,3 +269,29 @@ def test_a_relay_killed_in_a_later_batch_keeps_the_earlier_batches_marked(deps, 
     # then only the 3rd event is seen twice; none is missing
     counts = Counter(b["event_id"] for q in QUEUES for b, _ in drain(redis_url, q))
     assert counts == Counter({r["event_id"]: 2 if i == 2 else 1 for i, r in enumerate(rows)})
+
+
+def test_a_message_published_in_a_batch_is_the_one_kombu_writes_but_for_its_delivery_tag(redis_url):
+    """KombuPublisher.publish_many builds the envelopes itself (kombu_envelope); publish has kombu
+    write them. Field by field the same, so that a kombu upgrade that changes its envelope fails here."""
+    r = redis.Redis.from_url(redis_url)
+    publisher = KombuPublisher(redis_url)
+    body = json.dumps({"type": "decision", "event_id": "ev-1", "name": "コイン\u2028「引用」"}, ensure_ascii=False)
+    publisher.publish(RESULTS_PA, body, "ev-1")
+    publisher.publish_many([(RESULTS_PA, body, "ev-1"), (BILLING, body, "ev-2")])
+    publisher.close()
+    by_kombu, built_here = (json.loads(r.rpop(RESULTS_PA)) for _ in range(2))
+    tags = by_kombu["properties"].pop("delivery_tag"), built_here["properties"].pop("delivery_tag")
+    assert built_here == by_kombu
+    assert all(isinstance(tag, str) and len(tag) == 36 for tag in tags) and tags[0] != tags[1]
+    [(read, meta)] = drain(redis_url, BILLING)  # and a kombu consumer reads it as it reads kombu's own
+    assert read == json.loads(body) and meta["headers"] == {"event_id": "ev-2"}
+    assert meta["content_type"] == "application/json" and meta["delivery_mode"] == 2
+
+
+def test_messages_published_in_a_batch_are_read_in_the_order_given_on_each_queue(redis_url):
+    publisher = KombuPublisher(redis_url)
+    publisher.publish_many([(RESULTS_PA if n % 3 else BILLING, json.dumps({"n": n}), f"ev-{n}") for n in range(10)])
+    publisher.close()
+    assert [body["n"] for body, _ in drain(redis_url, RESULTS_PA)] == [1, 2, 4, 5, 7, 8]
+    assert [meta["headers"]["event_id"] for _, meta in drain(redis_url, BILLING)] == ["ev-0", "ev-3", "ev-6", "ev-9"]

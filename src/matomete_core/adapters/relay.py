@@ -8,12 +8,15 @@ skip each other's rows (``FOR UPDATE SKIP LOCKED``).
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
+import uuid
 from datetime import datetime, timedelta
 from functools import lru_cache
 
+import orjson
 from kombu import Connection as KombuConnection, Exchange, Queue
 from sqlalchemy import Engine, Update, bindparam, func, select, true, update
 
@@ -26,7 +29,13 @@ log = logging.getLogger(__name__)
 
 class KombuPublisher:
     """Publishes JSON bodies to durable queues through the default exchange. One connection, used
-    by one thread at a time (a pool process's tasks and its courier, workers.outbound, share it)."""
+    by one thread at a time (a pool process's tasks and its courier, workers.outbound, share it).
+
+    ``publish_many`` on a Redis broker builds each message's envelope here — the one kombu's
+    Redis transport writes (``kombu_envelope``), which any kombu consumer reads as it reads
+    kombu's own — and pushes them in one pipeline, one LPUSH a queue: kombu's producer spent about
+    45 µs of CPU a message on layers a plain push does not need, over a quarter of a batch
+    process's CPU (docs/scale-out.md). Queues are still declared by kombu, once each."""
 
     def __init__(self, broker_url: str):
         self._conn = KombuConnection(broker_url)
@@ -38,16 +47,29 @@ class KombuPublisher:
             self._send(self._conn.Producer(serializer=None), queue, body, event_id, retry=True)
 
     def publish_many(self, messages: list[tuple[str, str, str]]) -> None:
-        """(queue, body, event_id) each, sent in one Redis pipeline (kombu's Producer.batch); if the
-        flush fails none is known to be out, and the caller publishes them all again."""
+        """(queue, body, event_id) each, sent in one Redis pipeline; if it fails none is known to be
+        out, and the caller publishes them all again."""
         with self._lock:
-            producer = self._conn.Producer(serializer=None)
-            with producer.batch(max_size=max(1, len(messages))):
-                for queue, body, event_id in messages:
-                    self._send(producer, queue, body, event_id, retry=False)
+            if self._conn.transport.driver_type != "redis":
+                producer = self._conn.Producer(serializer=None)
+                with producer.batch(max_size=max(1, len(messages))):
+                    for queue, body, event_id in messages:
+                        self._send(producer, queue, body, event_id, retry=False)
+                return
+            channel = self._conn.default_channel
+            for queue in {queue for queue, _, _ in messages} - self._declared:
+                _durable(queue)(channel).declare()
+                self._declared.add(queue)
+            by_queue: dict[str, list[bytes]] = {}
+            for queue, body, event_id in messages:
+                by_queue.setdefault(queue, []).append(kombu_envelope(queue, body, event_id))
+            with channel.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+                for queue, envelopes in by_queue.items():
+                    pipe.lpush(queue, *envelopes)  # one LPUSH a queue: they are popped in this order
+                pipe.execute()
 
     def _send(self, producer, queue: str, body: str, event_id: str, *, retry: bool) -> None:  # noqa: ANN001
-        declare = [] if queue in self._declared else [Queue(queue, Exchange(""), routing_key=queue, durable=True)]
+        declare = [] if queue in self._declared else [_durable(queue)]
         producer.publish(body.encode("utf-8"), routing_key=queue, exchange="", content_type="application/json",
                          content_encoding="utf-8", delivery_mode=2, declare=declare, retry=retry,
                          retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
@@ -56,6 +78,21 @@ class KombuPublisher:
 
     def close(self) -> None:
         self._conn.release()
+
+
+def _durable(queue: str) -> Queue:
+    return Queue(queue, Exchange(""), routing_key=queue, durable=True)
+
+
+def kombu_envelope(queue: str, body: str, event_id: str) -> bytes:
+    """The message ``_send`` has kombu's Redis transport write for ``body`` on ``queue`` (priority 0:
+    the list named after the queue), with a delivery tag of its own.
+    tests/integration/test_relay_redis.py checks it against kombu's, field by field."""
+    return orjson.dumps({
+        "body": base64.b64encode(body.encode("utf-8")).decode("ascii"),
+        "content-encoding": "utf-8", "content-type": "application/json", "headers": {"event_id": event_id},
+        "properties": {"delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
+                       "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())}})
 
 
 def relay(engine: Engine, publisher, *, now: datetime, batch: int = 500,  # noqa: ANN001
