@@ -141,7 +141,7 @@ class BatchWorker:
         """Store each result (as Celery's Redis backend does), then acknowledge each message."""
         # Celery's own result format, built once: the batch's results are done at the same moment
         done_meta = self.backend._get_result_meta(result=None, state=states.SUCCESS, traceback=None, request=None)
-        with self.backend.client.pipeline() as pipe:
+        with self.backend.client.pipeline(transaction=False) as pipe:  # in order; no MULTI needed
             for t, decision in done:
                 if t.task_id:
                     value = self.backend.encode({**done_meta, "result": decision, "task_id": t.task_id})

@@ -128,7 +128,7 @@ def test_a_task_message_set_aside_for_want_of_a_delivery_tag_is_kept_without_its
     [[body], _kwargs, _embed] = kept["message"]  # the task's own arguments, not the envelope carrying them as text
     assert body["message_id"] == "tagless-1" and body["signature"] == "***" and body["access_key"] == "***"
     assert "Sup3r-Secret" not in json.dumps(kept)
-    [(task_id, decision, _state)] = consumer.app.backend.stored  # the sender's AsyncResult gets the decision
+    [(_task_id, decision, _state)] = consumer.app.backend.stored  # the sender's AsyncResult gets the decision
     assert decision["status"] == "quarantined"
 
 
