@@ -23,34 +23,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from decisions import _cpu_seconds, _sender, _servers, _setup  # noqa: E402
+from decisions import _cpu_seconds, _sender, _servers, _setup, scratch_database  # noqa: E402
 
 HERE = Path(__file__).resolve().parents[2]
 
 
 def one_round(pg_url: str, redis_url: str, n: int, size: int) -> dict[str, float]:
     """Decide ``n`` purchases in batches of up to ``size`` in this process; CPU and wall ms a decision."""
-    import psycopg
-    import redis
-    from cryptography.fernet import Fernet
-
-    redis.Redis.from_url(redis_url).flushdb()
-    name = f"bench_batch_{secrets.token_hex(4)}"
-    admin_url = pg_url.replace("postgresql+psycopg", "postgresql")
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    db = f"{pg_url.rsplit('/', 1)[0]}/{name}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MATOMETE_")}
-    env.update(MATOMETE_DATABASE_URL=db, MATOMETE_BROKER_URL=redis_url, MATOMETE_RESULT_BACKEND=redis_url,
-               MATOMETE_SECRET_KEY=Fernet.generate_key().decode())
-    try:
+    with scratch_database(pg_url, redis_url, "bench_batch") as (db, env):
         _setup(db, n, env)
         _sender(env, "purchase", n, 0, 0, max(1, n // 10))
         os.environ.update({k: v for k, v in env.items() if k.startswith("MATOMETE_")})
@@ -68,9 +54,6 @@ def one_round(pg_url: str, redis_url: str, n: int, size: int) -> dict[str, float
             decided += len(taken)
         cpu1, servers1, wall1 = time.process_time(), _cpu_seconds(servers), time.perf_counter()
         worker._kombu.release()
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     per = 1000 / max(1, decided)
     return {"decided": decided, "process": round((cpu1 - cpu0) * per, 4),
             **{k: round((servers1[k] - servers0[k]) * per, 4) for k in servers1 if k in servers0},

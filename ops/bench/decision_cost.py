@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -32,7 +31,7 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from decisions import _cpu_seconds, _servers, _setup, _sign  # noqa: E402
+from decisions import _cpu_seconds, _servers, _setup, _sign, scratch_database  # noqa: E402
 
 WAYS = ("inline", "courier", "none")
 
@@ -45,25 +44,11 @@ def main() -> None:
     p.add_argument("--redis", default="redis://127.0.0.1:6379/11")
     args = p.parse_args()
 
-    import psycopg
-    import redis
-    from cryptography.fernet import Fernet
-
-    redis.Redis.from_url(args.redis).flushdb()
-    name = f"bench_cost_{secrets.token_hex(4)}"
-    admin_url = args.pg_url.replace("postgresql+psycopg", "postgresql")
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    pg_url = f"{args.pg_url.rsplit('/', 1)[0]}/{name}"
     total = args.messages * args.rounds * len(WAYS)
-    os.environ.update(MATOMETE_DATABASE_URL=pg_url, MATOMETE_BROKER_URL=args.redis,
-                      MATOMETE_RESULT_BACKEND=args.redis, MATOMETE_SECRET_KEY=Fernet.generate_key().decode())
-    try:
-        _setup(pg_url, total, dict(os.environ))
+    with scratch_database(args.pg_url, args.redis, "bench_cost") as (pg_url, env):
+        os.environ.update({k: v for k, v in env.items() if k.startswith("MATOMETE_")})
+        _setup(pg_url, total, env)
         cost = _measure(pg_url, args.redis, args.messages, args.rounds, passports=max(1, total // 10))
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
     report = {way: {k: round(v, 3) for k, v in c.items()} for way, c in cost.items()}
     for way in WAYS:

@@ -262,6 +262,31 @@ def _setup(pg_url: str, n: int, env: dict, preload: int = 0) -> None:
 
 
 @contextmanager
+def scratch_database(pg_url: str, redis_url: str, prefix: str):  # noqa: ANN201
+    """A new PostgreSQL database on ``pg_url``'s server and ``redis_url`` emptied, for one run:
+    yields its URL and the environment (``MATOMETE_*``, a fresh secret key) of a deployment on
+    them; the database is dropped afterwards."""
+    import psycopg
+    import redis
+    from cryptography.fernet import Fernet
+
+    redis.Redis.from_url(redis_url).flushdb()
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin_url = pg_url.replace("postgresql+psycopg", "postgresql")
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    db = f"{pg_url.rsplit('/', 1)[0]}/{name}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MATOMETE_")}
+    env.update(MATOMETE_DATABASE_URL=db, MATOMETE_BROKER_URL=redis_url, MATOMETE_RESULT_BACKEND=redis_url,
+               MATOMETE_SECRET_KEY=Fernet.generate_key().decode(), PYTHONUNBUFFERED="1")
+    try:
+        yield db, env
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@contextmanager
 def _workers(env: dict, logs: str, mode: str, count: int, concurrency: int | None, size: int):  # noqa: ANN202
     """``count`` worker processes: `matomete worker` (mode task) or `matomete batch-worker` (batch)."""
     procs = []
@@ -332,20 +357,8 @@ def main() -> None:
     n = 2_000 if args.quick else args.messages
     passports = max(1, n // 10)
 
-    import psycopg
-    import redis
-    from cryptography.fernet import Fernet
-
-    redis.Redis.from_url(args.redis).flushdb()
-    name = f"bench_decide_{secrets.token_hex(4)}"
-    with psycopg.connect(args.pg_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    pg_url = f"{args.pg_url.rsplit('/', 1)[0]}/{name}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MATOMETE_")}
-    env.update(MATOMETE_DATABASE_URL=pg_url, MATOMETE_BROKER_URL=args.redis, MATOMETE_RESULT_BACKEND=args.redis,
-               MATOMETE_SECRET_KEY=Fernet.generate_key().decode(), PYTHONUNBUFFERED="1")
     logs = tempfile.mkdtemp(prefix="bench-decisions-")
-    try:
+    with scratch_database(args.pg_url, args.redis, "bench_decide") as (pg_url, env):
         _setup(pg_url, n, env, args.preload)
         servers = _servers(pg_url, args.redis)
         task_workers = partial(_workers, env, logs, "task", args.workers,
@@ -368,9 +381,6 @@ def main() -> None:
             latencies = sorted((d - s) * 1000 for (_, s), d in zip(sent, _done_times(
                 args.redis, [t for t, _ in sent], timeout=max(120, m / 20))))
         decided, charged = _count_decided(pg_url)
-    finally:
-        with psycopg.connect(args.pg_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
     def pct(q: float) -> float:
         return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1)
