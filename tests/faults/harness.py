@@ -140,8 +140,9 @@ def report(test: str, **figures: Any) -> dict[str, Any]:
 # ---- a deployment -------------------------------------------------------------------------------------
 
 def bare_client(broker_url: str) -> Celery:
-    client = Celery(f"faults-sender-{secrets.token_hex(3)}", broker=broker_url, backend=broker_url,
-                    set_as_current=False)
+    # no result backend: these senders read decisions from the database, and a Redis backend would
+    # subscribe to every sent task's result channel (and try to unsubscribe while Redis is down)
+    client = Celery(f"faults-sender-{secrets.token_hex(3)}", broker=broker_url, set_as_current=False)
     client.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json",
                        broker_connection_retry_on_startup=True, broker_connection_timeout=2,
                        broker_transport_options={"socket_timeout": 5, "socket_connect_timeout": 2})
