@@ -42,7 +42,7 @@ from kombu import Connection as KombuConnection
 from matomete_core.adapters.database import is_transient
 from matomete_core.service import batch, bus
 from matomete_core.service.deps import Deps
-from workers import metrics
+from workers import collector, metrics
 from workers.app import TIMINGS, app
 from workers.entries import Taken, decode, quarantine_entry
 from workers.tasks import MAX_ATTEMPTS, MAX_DELIVERIES, deps, publish_quietly
@@ -73,6 +73,7 @@ class BatchWorker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._stop)
         log.info("batch worker consuming %s, up to %d messages a batch", QUEUE, self.size)
+        collector.settle()
         idle, lost = 0.0, 0
         while not self.stopping:
             self.progress()

@@ -13,14 +13,14 @@ from functools import lru_cache, partial
 
 import redis
 from celery import Task
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
 from matomete_core.adapters.database import is_transient
 from matomete_core.adapters.relay import KombuPublisher, publish_written, relay
 from matomete_core.config import Settings
 from matomete_core.service import bus, close, housekeeping
 from matomete_core.service.deps import Deps, bootstrap
-from workers import metrics
+from workers import collector, metrics
 from workers.app import TIMINGS, app
 from workers.outbound import Courier
 
@@ -70,6 +70,13 @@ def publish_quietly(d: Deps, rows: list) -> None:
 def courier() -> Courier:
     """This process's courier (workers.outbound), built on first use, like deps()."""
     return Courier(partial(publish_quietly, deps()))
+
+
+@worker_ready.connect(weak=False)  # the main process, consuming
+@worker_process_init.connect(weak=False)  # each pool process, forked
+def settle_collector(**_: object) -> None:
+    """Start-up is done: freeze what it built, collect young garbage in larger steps (workers.collector)."""
+    collector.settle()
 
 
 @worker_process_shutdown.connect(weak=False)

@@ -43,6 +43,12 @@ def one_round(pg_url: str, redis_url: str, n: int, size: int) -> dict[str, float
         from workers.batch import BatchWorker
 
         worker = BatchWorker(size=size)
+        try:  # as BatchWorker.run does before its loop (a checkout from before session 20 does not)
+            from workers.collector import settle
+        except ImportError:
+            pass
+        else:
+            settle()
         warm = 0
         while warm < n // 10 and (taken := worker.take()):
             worker.process(taken)
@@ -80,6 +86,9 @@ def main() -> None:
     p.add_argument("--one-round", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one_round:
+        # the code is the checkout on PYTHONPATH alone: without this, a module that checkout lacks
+        # would still be found, in this one, by the editable install's finder
+        sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
         print(json.dumps(one_round(args.pg_url, args.redis, args.messages, args.size)))
         return
     ways = {"this": HERE, **({"against": args.against.resolve()} if args.against else {})}
