@@ -21,6 +21,14 @@ aggregate them with ``max``, never ``sum``):
                                                        not closed yet (0 once closed, or with nothing to close)
     matomete_database_up                               1 when those queries succeeded
 
+Read from a Redis broker on each scrape (``BrokerCollector``; again the same on every worker, ``max``):
+
+    matomete_queue_messages{queue}                     messages waiting on an inbound queue (all priorities)
+    matomete_queue_unacked_messages                    messages taken by a worker and not acknowledged yet
+                                                       (being decided, or their worker died: they come back
+                                                       after the visibility timeout)
+    matomete_broker_up                                 1 when the broker could be read
+
 Serving: with the prefork pool the HTTP server runs in the worker's main process, started when the
 worker is ready (``enable``), and serves the sum of every pool process's file plus the database
 gauges. ``MATOMETE_METRICS_PORT=0`` turns it off; a port already taken is logged and the worker
@@ -35,6 +43,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
+import redis
+from kombu.transport.redis import Channel as RedisChannel
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import Engine, exists, func, select
@@ -42,11 +52,15 @@ from sqlalchemy.pool import NullPool
 
 from matomete_core.adapters.tables import billing_months, outbox, purchases, quarantine
 from matomete_core.calendar import add_months, billing_month, month_start
+from matomete_core.config import Settings
 from matomete_core.reasons import Quarantine
 from matomete_core.service.close import STEPS
+from workers.app import INBOUND_QUEUES, transport_for
+from workers.transport import UNACKED
 
-__all__ = ["DECISIONS", "DECISION_SECONDS", "MONTH_CLOSE_SECONDS", "DB_GAUGES", "METRIC_NAMES", "DEFAULT_PORT",
-           "observe_decision", "MonthCloseTimer", "DatabaseCollector", "registry_for_serving", "serve", "enable"]
+__all__ = ["DECISIONS", "DECISION_SECONDS", "MONTH_CLOSE_SECONDS", "DB_GAUGES", "BROKER_GAUGES", "METRIC_NAMES",
+           "DEFAULT_PORT", "observe_decision", "MonthCloseTimer", "DatabaseCollector", "BrokerCollector",
+           "registry_for_serving", "serve", "enable"]
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 9808
@@ -69,12 +83,17 @@ DB_GAUGES = {
     "matomete_month_close_pending_seconds": "Seconds since the last month ended (JST) while it is not closed",
     "matomete_database_up": "1 when the database gauges could be read",
 }
+BROKER_GAUGES = {
+    "matomete_queue_messages": "Messages waiting on an inbound queue, all priorities",
+    "matomete_queue_unacked_messages": "Messages taken by a worker and not acknowledged yet",
+    "matomete_broker_up": "1 when the broker gauges could be read",
+}
 # every name a scrape can show: dashboards and alert rules may use only these (tests/contract)
 METRIC_NAMES = frozenset({
     "matomete_decisions_total", "matomete_decision_duration_seconds_bucket",
     "matomete_decision_duration_seconds_sum", "matomete_decision_duration_seconds_count",
     "matomete_month_close_duration_seconds_bucket", "matomete_month_close_duration_seconds_sum",
-    "matomete_month_close_duration_seconds_count", *DB_GAUGES,
+    "matomete_month_close_duration_seconds_count", *DB_GAUGES, *BROKER_GAUGES,
 })
 
 
@@ -158,6 +177,50 @@ class DatabaseCollector:
                                   DB_GAUGES["matomete_month_close_pending_seconds"], value=pending)]
 
 
+class BrokerCollector:
+    """The gauges that are facts of a Redis broker, read when Prometheus scrapes: how many messages
+    wait on each inbound queue and how many are taken but not acknowledged. A queue that has
+    messages and does not get shorter is one that no worker consumes (ops/prometheus/alerts.yml)."""
+
+    def __init__(self, broker_url: str):
+        self._broker_url = broker_url
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("matomete_broker_up", BROKER_GAUGES["matomete_broker_up"])
+        try:  # a connection a scrape, as the database gauges (serve): none for a forked process to inherit;
+            # short timeouts: a scrape must answer while the broker does not
+            with redis.Redis.from_url(self._broker_url, socket_timeout=2, socket_connect_timeout=2) as client, \
+                    client.pipeline(transaction=False) as pipe:
+                for queue in INBOUND_QUEUES:
+                    for key in _priority_keys(queue):
+                        pipe.llen(key)
+                pipe.hlen(UNACKED)
+                lengths = pipe.execute()
+        except redis.RedisError:
+            log.warning("metrics: the broker gauges could not be read", exc_info=True)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        queued = GaugeMetricFamily("matomete_queue_messages", BROKER_GAUGES["matomete_queue_messages"],
+                                   labels=["queue"])
+        steps = len(RedisChannel.priority_steps)
+        for n, queue in enumerate(INBOUND_QUEUES):
+            queued.add_metric([queue], sum(lengths[n * steps:(n + 1) * steps]))
+        yield queued
+        yield GaugeMetricFamily("matomete_queue_unacked_messages", BROKER_GAUGES["matomete_queue_unacked_messages"],
+                                value=lengths[-1])
+
+
+def _priority_keys(queue: str) -> list[str]:
+    """The Redis lists kombu keeps a queue in, one a priority step (``queue`` itself for 0)."""
+    return [queue if pri == 0 else f"{queue}{RedisChannel.sep}{pri}" for pri in RedisChannel.priority_steps]
+
+
 def _age(now: datetime, then: datetime | None) -> float:
     if then is None:
         return 0.0
@@ -166,9 +229,9 @@ def _age(now: datetime, then: datetime | None) -> float:
     return max(0.0, (now - then).total_seconds())
 
 
-def registry_for_serving(engine: Engine) -> CollectorRegistry:
+def registry_for_serving(engine: Engine, broker_url: str | None = None) -> CollectorRegistry:
     """What the worker serves: every process's metrics (multiprocess mode) or this process's, plus
-    the database gauges."""
+    the database gauges, and the broker gauges when the broker is Redis."""
     from prometheus_client import multiprocess
 
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -179,18 +242,20 @@ def registry_for_serving(engine: Engine) -> CollectorRegistry:
         for collector in (DECISIONS, DECISION_SECONDS, MONTH_CLOSE_SECONDS):
             registry.register(collector)
     registry.register(DatabaseCollector(engine))
+    if broker_url and transport_for(broker_url):
+        registry.register(BrokerCollector(broker_url))
     return registry
 
 
-def serve(port: int, database_url: str, addr: str = "0.0.0.0") -> bool:  # noqa: S104 — a container's metrics port
+def serve(port: int, settings: Settings, addr: str = "0.0.0.0") -> bool:  # noqa: S104 — a container's metrics port
     """Serve the metrics on ``port``; False (and an error logged) when it cannot."""
     from matomete_core.adapters.database import make_engine
 
     # NullPool: no connection is held open between scrapes, so a pool process forked later
     # inherits none of them
-    engine = make_engine(database_url, poolclass=NullPool)
+    engine = make_engine(settings.database_url, poolclass=NullPool)
     try:
-        start_http_server(port, addr=addr, registry=registry_for_serving(engine))
+        start_http_server(port, addr=addr, registry=registry_for_serving(engine, settings.broker_url))
     except OSError as exc:
         log.error("metrics not served: port %s: %s (set MATOMETE_METRICS_PORT; 0 turns metrics off)", port, exc)
         return False
@@ -214,15 +279,13 @@ def enable() -> int:
     process's live gauges when it exits. Returns the port (0: off)."""
     from celery.signals import worker_process_shutdown, worker_ready
 
-    from matomete_core.config import Settings
-
     port = configured_port()
     if port == 0:
         return 0
-    database_url = Settings.from_env().database_url
+    settings = Settings.from_env()
 
     def on_ready(**_: Any) -> None:
-        serve(port, database_url)
+        serve(port, settings)
 
     def on_process_exit(**_: Any) -> None:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -181,7 +181,7 @@ def batch_worker(size: int, concurrency: int | None, loglevel: str) -> None:
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if port:
-        metrics.serve(port, Settings.from_env().database_url)
+        metrics.serve(port, Settings.from_env())
     batch_pool.run(size, concurrency or os.cpu_count() or 1, loglevel)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.metrics import DB_GAUGES, METRIC_NAMES
+from workers.metrics import BROKER_GAUGES, DB_GAUGES, METRIC_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILT_IN = {"up"}  # Prometheus' own: 1 when it could scrape the target
@@ -97,10 +97,10 @@ def test_every_alert_has_a_severity_a_summary_and_a_runbook_section_that_exists(
         assert path == "ops/RUNBOOK.md" and anchor in anchors, (rule["alert"], anchor)
 
 
-def test_the_database_gauges_are_read_with_max_never_summed_across_workers(alert_rules, dashboard):
+def test_the_database_and_broker_gauges_are_read_with_max_never_summed_across_workers(alert_rules, dashboard):
     exprs = [rule["expr"] for rule in alert_rules] + dashboard_exprs(dashboard)
     for expr in exprs:
-        for gauge in DB_GAUGES:
+        for gauge in (*DB_GAUGES, *BROKER_GAUGES):
             assert not re.search(rf"\bsum\b[^()]*\(\s*{gauge}\b", expr), expr
 
 

@@ -59,7 +59,7 @@ def purchase(system, content_id: str = "coin", provider_id: str = "PB", passport
                         "passport_id": passport_id, "content_id": content_id, "quantity": 1}, secret)
 
 
-def test_the_worker_serves_the_decisions_of_all_its_pool_processes_and_the_database_gauges(system):
+def test_the_worker_serves_the_decisions_of_all_its_pool_processes_and_the_database_and_broker_gauges(system):
     # given
     labels = {"task": "matomete.purchase", "status": "rejected", "reason": "UNKNOWN_PASSPORT_ID"}
     before = scrape(system)
@@ -79,6 +79,10 @@ def test_the_worker_serves_the_decisions_of_all_its_pool_processes_and_the_datab
         assert ("matomete_outbox_unpublished_rows", frozenset({("kind", kind)})) in after
         assert ("matomete_outbox_oldest_unpublished_age_seconds", frozenset({("kind", kind)})) in after
     assert ("matomete_month_close_pending_seconds", frozenset()) in after
+    # and the broker gauges: every decision above was taken and acknowledged
+    assert value(after, "matomete_broker_up") == 1
+    assert after[("matomete_queue_messages", frozenset({("queue", PROVIDER_EVENTS)}))] == 0
+    assert ("matomete_queue_unacked_messages", frozenset()) in after
 
 
 def test_a_quarantined_message_shows_in_the_gauge_until_an_operator_replays_it_corrected(system, own_line):
