@@ -221,8 +221,12 @@ def test_prometheus_scrapes_every_worker_replica_on_that_port_with_the_alert_rul
     config = yaml.safe_load((ROOT / "ops/prometheus/prometheus.yml").read_text(encoding="utf-8"))
     [job] = [j for j in config["scrape_configs"] if j["job_name"] == "matomete-worker"]
     [sd] = job["dns_sd_configs"]
-    assert sd["names"] == ["worker"] and sd["type"] == "A"
-    assert str(sd["port"]) == default_of(services["worker"]["environment"]["MATOMETE_METRICS_PORT"])
+    serving = sorted(name for name, service in services.items() if "expose" in service
+                     and service.get("command", [None, None])[:2] in (["matomete", "worker"], ["matomete", "batch-worker"]))
+    assert serving == ["batch-worker", "worker"]  # the batch worker's decisions count too
+    assert sorted(sd["names"]) == serving and sd["type"] == "A"
+    for name in serving:
+        assert str(sd["port"]) == default_of(services[name]["environment"]["MATOMETE_METRICS_PORT"])
     assert config["rule_files"] == ["alerts.yml"]
     prometheus = services["prometheus"]
     assert "./ops/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
