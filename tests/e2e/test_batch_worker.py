@@ -21,7 +21,7 @@ from tests.e2e.test_provider_path import purchase_message
 from tests.e2e.test_raw_protocol import *  # noqa: F401,F403
 # the parent serves the decisions counted in every batch process
 from tests.e2e.test_metrics import (  # noqa: F401
-    test_the_worker_serves_the_decisions_of_all_its_pool_processes_and_the_database_gauges)
+    test_the_worker_serves_the_decisions_of_all_its_pool_processes_and_the_database_and_broker_gauges)
 
 pytestmark = pytest.mark.e2e
 
