@@ -31,7 +31,7 @@ Read from a Redis broker on each scrape (``BrokerCollector``; again the same on 
 
 Serving: with the prefork pool the HTTP server runs in the worker's main process, started when the
 worker is ready (``enable``), and serves the sum of every pool process's file plus the database
-gauges. ``MATOMETE_METRICS_PORT=0`` turns it off; a port already taken is logged and the worker
+and broker gauges. ``MATOMETE_METRICS_PORT=0`` turns it off; a port already taken is logged and the worker
 runs on without metrics (deciding messages matters more than describing it).
 """
 

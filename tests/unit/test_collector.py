@@ -30,11 +30,14 @@ def test_settle_freezes_what_is_alive_and_widens_the_young_generation(collector_
 
 @pytest.mark.parametrize("signal", [worker_ready, worker_process_init], ids=["main process", "pool process"])
 def test_a_celery_worker_process_settles_once_started(collector_state, signal):
-    import workers.tasks  # noqa: F401 — connects the handlers, as the worker's import of its tasks does
+    from workers import tasks  # connects its handlers, as the worker's import of its tasks does
 
+    # connected (strongly) to the signal; called here alone, not by sending the signal, which
+    # could start other handlers in this process (the metrics server)
+    assert tasks.settle_collector in [receiver for _, receiver in signal.receivers]
     gc.unfreeze()
     gc.set_threshold(700)
-    signal.send(sender="w1@test")
+    tasks.settle_collector(sender="w1@test")
     assert gc.get_freeze_count() > 0
     assert gc.get_threshold()[0] == collector.YOUNG_THRESHOLD
 
