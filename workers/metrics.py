@@ -41,7 +41,7 @@ import logging
 import os
 import time
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import redis
 from kombu.transport.redis import Channel as RedisChannel
@@ -128,17 +128,7 @@ class DatabaseCollector:
         return []  # nothing to check at registration, and no query before the first scrape
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("matomete_database_up", DB_GAUGES["matomete_database_up"])
-        try:
-            families = self._read(self._clock())
-        except Exception:  # noqa: BLE001 — a scrape must answer even when the database does not
-            log.warning("metrics: the database gauges could not be read", exc_info=True)
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        yield up
-        yield from families
+        return _read_or_down("matomete_database_up", DB_GAUGES, "database", lambda: self._read(self._clock()))
 
     def _read(self, now: datetime) -> list[Metric]:
         with self._engine.connect() as conn:
@@ -189,31 +179,40 @@ class BrokerCollector:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("matomete_broker_up", BROKER_GAUGES["matomete_broker_up"])
-        try:  # a connection a scrape, as the database gauges (serve): none for a forked process to inherit;
-            # short timeouts: a scrape must answer while the broker does not
-            with redis.Redis.from_url(self._broker_url, socket_timeout=2, socket_connect_timeout=2) as client, \
-                    client.pipeline(transaction=False) as pipe:
-                for queue in INBOUND_QUEUES:
-                    for key in _priority_keys(queue):
-                        pipe.llen(key)
-                pipe.hlen(UNACKED)
-                lengths = pipe.execute()
-        except redis.RedisError:
-            log.warning("metrics: the broker gauges could not be read", exc_info=True)
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        yield up
+        return _read_or_down("matomete_broker_up", BROKER_GAUGES, "broker", self._read)
+
+    def _read(self) -> list[Metric]:
+        # a connection a scrape, as the database gauges (serve): none for a forked process to inherit;
+        # short timeouts: a scrape must answer while the broker does not
+        with redis.Redis.from_url(self._broker_url, socket_timeout=2, socket_connect_timeout=2) as client, \
+                client.pipeline(transaction=False) as pipe:
+            for queue in INBOUND_QUEUES:
+                for key in _priority_keys(queue):
+                    pipe.llen(key)
+            pipe.hlen(UNACKED)
+            lengths = pipe.execute()
         queued = GaugeMetricFamily("matomete_queue_messages", BROKER_GAUGES["matomete_queue_messages"],
                                    labels=["queue"])
         steps = len(RedisChannel.priority_steps)
         for n, queue in enumerate(INBOUND_QUEUES):
             queued.add_metric([queue], sum(lengths[n * steps:(n + 1) * steps]))
-        yield queued
-        yield GaugeMetricFamily("matomete_queue_unacked_messages", BROKER_GAUGES["matomete_queue_unacked_messages"],
-                                value=lengths[-1])
+        return [queued, GaugeMetricFamily("matomete_queue_unacked_messages",
+                                          BROKER_GAUGES["matomete_queue_unacked_messages"], value=lengths[-1])]
+
+
+def _read_or_down(up_name: str, described: dict[str, str], source: str,
+                  read: Callable[[], list[Metric]]) -> Iterator[Metric]:
+    """``up_name`` 1 and the families ``read`` returns; ``up_name`` 0 alone, and a warning, when it
+    fails: a scrape must answer even when the database or the broker does not."""
+    up = GaugeMetricFamily(up_name, described[up_name])
+    try:
+        families = read()
+    except Exception:  # noqa: BLE001
+        log.warning("metrics: the %s gauges could not be read", source, exc_info=True)
+        up.add_metric([], 0)
+        return iter([up])
+    up.add_metric([], 1)
+    return iter([up, *families])
 
 
 def _priority_keys(queue: str) -> list[str]:
